@@ -1,1 +1,8 @@
-//! Placeholder: this crate is being written.
+//! Test support for guest-inject: [`MemFs`], an in-memory [`vfs_core::GuestFs`] for tests
+//! of callers, a Debian-like guest tree built in it, the conformance suite that every
+//! backend runs, and proptest strategies for paths, trees and `/etc/shadow` text.
+
+pub mod debian;
+pub mod memfs;
+
+pub use memfs::{Fault, MemFs, MemNode, MemNodeKind, MemOp, SharedMemFs};
