@@ -9,7 +9,11 @@
 
 pub mod accounts;
 pub mod error;
+pub mod fsprobe;
+pub mod fstab;
 pub mod image;
+pub mod layout;
+pub mod partition;
 pub mod path;
 pub mod registry;
 pub mod vfs;
