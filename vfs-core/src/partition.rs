@@ -686,3 +686,625 @@ fn read_at<R: Read + Seek>(
         .and_then(|_| disk.read_exact(buf))
         .map_err(|source| PartitionError::Io { offset, source })
 }
+
+/// Builders of MBR and GPT images in memory, shared by the tests of this crate.
+#[cfg(test)]
+pub(crate) mod test_images {
+    use super::SECTOR_SIZE;
+
+    /// The Linux filesystem partition type GUID, as stored on disk (mixed-endian) for
+    /// `0FC63DAF-8483-4772-8E79-3D69D8477DE4`.
+    pub(crate) const LINUX_FS_TYPE: [u8; 16] = [
+        0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D,
+        0xE4,
+    ];
+
+    /// The BIOS boot partition type GUID, as stored on disk, for
+    /// `21686148-6E6F-6E6F-744E-656564454649`.
+    pub(crate) const BIOS_BOOT_TYPE: [u8; 16] = [
+        0x48, 0x61, 0x68, 0x21, 0x6F, 0x6E, 0x6F, 0x6E, 0x74, 0x4E, 0x65, 0x65, 0x64, 0x45, 0x46,
+        0x49,
+    ];
+
+    /// Entries in the array of a built GPT, and their size: the values every tool uses.
+    pub(crate) const GPT_ENTRY_COUNT: u32 = 128;
+    pub(crate) const GPT_ENTRY_SIZE: u32 = 128;
+    /// Sectors taken by the entry array: 128 x 128 bytes / 512.
+    const GPT_ARRAY_SECTORS: u64 = 32;
+
+    /// Writes the boot signature `55 AA` at the end of a sector.
+    pub(crate) fn put_boot_signature(disk: &mut [u8], lba: u64) {
+        let end = ((lba + 1) * SECTOR_SIZE) as usize;
+        disk[end - 2] = 0x55;
+        disk[end - 1] = 0xAA;
+    }
+
+    /// Writes one 16-byte MBR/EBR entry into `slot` (0-3) of the sector at `lba`.
+    pub(crate) fn put_mbr_entry(
+        disk: &mut [u8],
+        lba: u64,
+        slot: usize,
+        kind: u8,
+        start: u32,
+        sectors: u32,
+    ) {
+        let base = (lba * SECTOR_SIZE) as usize + 446 + 16 * slot;
+        disk[base] = 0x00; // boot flag: not active
+        disk[base + 4] = kind; // partition type byte
+        disk[base + 8..base + 12].copy_from_slice(&start.to_le_bytes()); // first sector, LBA
+        disk[base + 12..base + 16].copy_from_slice(&sectors.to_le_bytes()); // sector count
+    }
+
+    /// Builds an MBR disk of `sectors` sectors with disk signature `0x12345678` and the
+    /// given primary entries `(slot, type, start, sectors)`.
+    pub(crate) fn mbr_disk(sectors: u64, entries: &[(usize, u8, u32, u32)]) -> Vec<u8> {
+        let mut disk = vec![0u8; (sectors * SECTOR_SIZE) as usize];
+        disk[440..444].copy_from_slice(&0x1234_5678u32.to_le_bytes()); // disk signature
+        for &(slot, kind, start, count) in entries {
+            put_mbr_entry(&mut disk, 0, slot, kind, start, count);
+        }
+        put_boot_signature(&mut disk, 0);
+        disk
+    }
+
+    /// Writes an EBR at `lba`: the logical partition `(start relative to this EBR,
+    /// sectors)` and the link `(start relative to the extended partition, sectors)`.
+    pub(crate) fn put_ebr(
+        disk: &mut [u8],
+        lba: u64,
+        logical: Option<(u32, u32)>,
+        link: Option<(u32, u32)>,
+    ) {
+        if let Some((start, sectors)) = logical {
+            put_mbr_entry(disk, lba, 0, 0x83, start, sectors);
+        }
+        if let Some((start, sectors)) = link {
+            put_mbr_entry(disk, lba, 1, 0x05, start, sectors);
+        }
+        put_boot_signature(disk, lba);
+    }
+
+    /// One GPT entry to write: its index in the array (number - 1), type, sectors and name.
+    pub(crate) struct GptEntry<'a> {
+        pub(crate) index: usize,
+        pub(crate) type_guid: [u8; 16],
+        pub(crate) first_lba: u64,
+        pub(crate) last_lba: u64,
+        pub(crate) name: &'a str,
+    }
+
+    /// Unique GUID of the entry at `index`: bytes 0x10 + index, then 1, 2, ... 15.
+    pub(crate) fn unique_guid(index: usize) -> [u8; 16] {
+        std::array::from_fn(|i| if i == 0 { 0x10 + index as u8 } else { i as u8 })
+    }
+
+    /// Builds a GPT disk of `sectors` sectors the way `sfdisk` lays it out: protective MBR,
+    /// primary header at LBA 1 with its array at LBA 2, backup array and header at the end.
+    pub(crate) fn gpt_disk(sectors: u64, entries: &[GptEntry<'_>]) -> Vec<u8> {
+        let mut disk = vec![0u8; (sectors * SECTOR_SIZE) as usize];
+        // Protective MBR: one 0xEE entry from LBA 1 to the end of the disk.
+        put_mbr_entry(&mut disk, 0, 0, 0xEE, 1, (sectors - 1) as u32);
+        put_boot_signature(&mut disk, 0);
+
+        let mut array = vec![0u8; (GPT_ENTRY_COUNT * GPT_ENTRY_SIZE) as usize];
+        for entry in entries {
+            let base = entry.index * GPT_ENTRY_SIZE as usize;
+            let slot = &mut array[base..base + GPT_ENTRY_SIZE as usize];
+            slot[0..16].copy_from_slice(&entry.type_guid); // partition type GUID
+            slot[16..32].copy_from_slice(&unique_guid(entry.index)); // unique partition GUID
+            slot[32..40].copy_from_slice(&entry.first_lba.to_le_bytes()); // first LBA
+            slot[40..48].copy_from_slice(&entry.last_lba.to_le_bytes()); // last LBA, inclusive
+            for (i, unit) in entry.name.encode_utf16().take(36).enumerate() {
+                slot[56 + 2 * i..58 + 2 * i].copy_from_slice(&unit.to_le_bytes());
+                // name, UTF-16LE
+            }
+        }
+
+        let last = sectors - 1;
+        let backup_array = last - GPT_ARRAY_SECTORS;
+        for (header_lba, array_lba, alternate) in [(1, 2, last), (last, backup_array, 1)] {
+            let at = (array_lba * SECTOR_SIZE) as usize;
+            disk[at..at + array.len()].copy_from_slice(&array);
+            put_gpt_header(&mut disk, header_lba, array_lba, alternate, sectors);
+        }
+        disk
+    }
+
+    fn put_gpt_header(disk: &mut [u8], lba: u64, array_lba: u64, alternate: u64, sectors: u64) {
+        let base = (lba * SECTOR_SIZE) as usize;
+        let header = &mut disk[base..base + 92];
+        header[0..8].copy_from_slice(b"EFI PART"); // signature
+        header[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes()); // revision 1.0
+        header[12..16].copy_from_slice(&92u32.to_le_bytes()); // header size
+        header[24..32].copy_from_slice(&lba.to_le_bytes()); // this header's LBA
+        header[32..40].copy_from_slice(&alternate.to_le_bytes()); // the other header's LBA
+        header[40..48].copy_from_slice(&(2 + GPT_ARRAY_SECTORS).to_le_bytes()); // first usable LBA
+        header[48..56].copy_from_slice(&(sectors - 2 - GPT_ARRAY_SECTORS).to_le_bytes()); // last usable LBA
+        header[56..72].copy_from_slice(&[0xD1; 16]); // disk GUID
+        header[72..80].copy_from_slice(&array_lba.to_le_bytes()); // entry array LBA
+        header[80..84].copy_from_slice(&GPT_ENTRY_COUNT.to_le_bytes()); // entry count
+        header[84..88].copy_from_slice(&GPT_ENTRY_SIZE.to_le_bytes()); // entry size
+        reseal_gpt(disk, lba);
+    }
+
+    /// Recomputes the entry-array CRC and then the header CRC of the header at `lba`, so
+    /// that a test can change a field and still pass the CRC checks.
+    pub(crate) fn reseal_gpt(disk: &mut [u8], lba: u64) {
+        let base = (lba * SECTOR_SIZE) as usize;
+        let field = |offset: usize, disk: &[u8]| {
+            u64::from_le_bytes(disk[base + offset..base + offset + 8].try_into().unwrap())
+        };
+        let array_lba = field(72, disk);
+        let count = u32::from_le_bytes(disk[base + 80..base + 84].try_into().unwrap());
+        let size = u32::from_le_bytes(disk[base + 84..base + 88].try_into().unwrap());
+        let array_start = (array_lba * SECTOR_SIZE) as usize;
+        let array_len = (u64::from(count) * u64::from(size)) as usize;
+        if let Some(array) = disk.get(array_start..array_start.saturating_add(array_len)) {
+            let crc = crc32fast::hash(array);
+            disk[base + 88..base + 92].copy_from_slice(&crc.to_le_bytes()); // entry array CRC32
+        }
+        disk[base + 16..base + 20].fill(0);
+        let crc = crc32fast::hash(&disk[base..base + 92]);
+        disk[base + 16..base + 20].copy_from_slice(&crc.to_le_bytes()); // header CRC32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use proptest::prelude::*;
+
+    use super::test_images::*;
+    use super::*;
+
+    fn read(disk: &[u8]) -> Result<Option<PartitionTable>, PartitionError> {
+        read_partition_table(&mut Cursor::new(disk), disk.len() as u64)
+    }
+
+    fn numbers(table: &PartitionTable) -> Vec<u32> {
+        table.partitions.iter().map(|p| p.number).collect()
+    }
+
+    /// A 256-sector GPT disk with Linux partitions 1 (sectors 40..=99) and 3 (100..=199).
+    fn two_partition_gpt() -> Vec<u8> {
+        gpt_disk(
+            256,
+            &[
+                GptEntry {
+                    index: 0,
+                    type_guid: BIOS_BOOT_TYPE,
+                    first_lba: 40,
+                    last_lba: 99,
+                    name: "boot",
+                },
+                GptEntry {
+                    index: 2,
+                    type_guid: LINUX_FS_TYPE,
+                    first_lba: 100,
+                    last_lba: 199,
+                    name: "",
+                },
+            ],
+        )
+    }
+
+    #[test]
+    fn disk_without_signature_has_no_table() {
+        let disk = vec![0u8; 4096];
+        assert!(read(&disk).unwrap().is_none());
+    }
+
+    #[test]
+    fn disk_shorter_than_a_sector_has_no_table() {
+        assert!(read(&[0x55; 100]).unwrap().is_none());
+    }
+
+    #[test]
+    fn boot_sector_with_invalid_boot_flags_is_not_a_table() {
+        // A FAT boot sector: boot code fills the entry area, the signature is present.
+        let mut disk = mbr_disk(64, &[(0, 0x83, 1, 10)]);
+        disk[446] = 0x4F; // a boot flag other than 0x00 or 0x80
+        assert!(read(&disk).unwrap().is_none());
+    }
+
+    #[test]
+    fn mbr_with_only_empty_entries_is_not_a_table() {
+        let disk = mbr_disk(64, &[]);
+        assert!(read(&disk).unwrap().is_none());
+    }
+
+    #[test]
+    fn mbr_primaries_are_numbered_by_slot() {
+        // Slots 0 and 2 used: partitions 1 and 3.
+        let disk = mbr_disk(200, &[(0, 0x83, 2, 50), (2, 0x0C, 100, 60)]);
+        let table = read(&disk).unwrap().unwrap();
+
+        assert_eq!(table.kind, TableKind::Mbr);
+        assert_eq!(table.disk_id.as_deref(), Some("12345678"));
+        assert_eq!(numbers(&table), [1, 3]);
+        let first = &table.partitions[0];
+        assert_eq!(first.offset, 2 * 512);
+        assert_eq!(first.size, 50 * 512);
+        assert_eq!(first.type_id, "0x83");
+        assert_eq!(first.uuid.as_deref(), Some("12345678-01"));
+        assert_eq!(first.label, None);
+        assert_eq!(table.partitions[1].type_id, "0x0c");
+        assert_eq!(table.partitions[1].uuid.as_deref(), Some("12345678-03"));
+    }
+
+    #[test]
+    fn mbr_logicals_are_numbered_from_five() {
+        // Primary 1 at 2..50; extended 2 at 100..300 with EBRs at 100 and 200, each holding
+        // a logical partition that starts 2 sectors after its EBR.
+        let mut disk = mbr_disk(400, &[(0, 0x83, 2, 48), (1, 0x05, 100, 200)]);
+        put_ebr(&mut disk, 100, Some((2, 50)), Some((100, 100)));
+        put_ebr(&mut disk, 200, Some((2, 60)), None);
+
+        let table = read(&disk).unwrap().unwrap();
+
+        assert_eq!(numbers(&table), [1, 5, 6]);
+        assert_eq!(table.partitions[1].offset, 102 * 512);
+        assert_eq!(table.partitions[1].size, 50 * 512);
+        assert_eq!(table.partitions[2].offset, 202 * 512);
+        assert_eq!(table.partitions[2].uuid.as_deref(), Some("12345678-06"));
+    }
+
+    #[test]
+    fn mbr_entry_beyond_disk_is_rejected() {
+        let disk = mbr_disk(100, &[(1, 0x83, 50, 51)]);
+        let err = read(&disk).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PartitionError::BeyondDisk {
+                    number: 2,
+                    end: 51712,
+                    disk_size: 51200
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("partition 2"), "{err}");
+    }
+
+    #[test]
+    fn mbr_overlapping_primaries_are_rejected() {
+        let disk = mbr_disk(200, &[(0, 0x83, 10, 50), (3, 0x83, 59, 10)]);
+        let err = read(&disk).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PartitionError::Overlap {
+                    first: 1,
+                    second: 4,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("partition 1"), "{err}");
+        assert!(err.to_string().contains("partition 4"), "{err}");
+    }
+
+    #[test]
+    fn mbr_entry_at_sector_zero_is_rejected() {
+        let disk = mbr_disk(100, &[(0, 0x83, 0, 10)]);
+        let err = read(&disk).unwrap_err();
+        assert!(
+            matches!(err, PartitionError::InvalidEntry { number: 1, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn extended_chain_loop_is_rejected() {
+        // The EBR at 110 links to itself (relative start 10 within the extended partition).
+        let mut disk = mbr_disk(300, &[(0, 0x05, 100, 150)]);
+        put_ebr(&mut disk, 100, Some((2, 5)), Some((10, 20)));
+        put_ebr(&mut disk, 110, Some((2, 5)), Some((10, 20)));
+        let err = read(&disk).unwrap_err();
+        assert!(
+            matches!(err, PartitionError::ExtendedChainLoop { lba: 110 }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn extended_chain_longer_than_limit_is_rejected() {
+        // 300 EBRs in consecutive sectors, each linking to the next and holding no logical.
+        let links = 300u32;
+        let mut disk = mbr_disk(u64::from(links) + 10, &[(0, 0x05, 2, links + 1)]);
+        for i in 0..links {
+            put_ebr(&mut disk, 2 + u64::from(i), None, Some((i + 1, 1)));
+        }
+        let err = read(&disk).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PartitionError::ExtendedChainTooLong {
+                    limit: MAX_EXTENDED_CHAIN
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn extended_chain_link_outside_container_is_rejected() {
+        let mut disk = mbr_disk(400, &[(0, 0x05, 100, 50)]);
+        put_ebr(&mut disk, 100, Some((2, 5)), Some((200, 10)));
+        let err = read(&disk).unwrap_err();
+        assert!(
+            matches!(err, PartitionError::ExtendedChainOutside { lba: 300, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn logical_outside_extended_is_rejected() {
+        // The logical ends at sector 100 + 2 + 60 = 162, past the container's end at 150.
+        let mut disk = mbr_disk(300, &[(0, 0x05, 100, 50)]);
+        put_ebr(&mut disk, 100, Some((2, 60)), None);
+        let err = read(&disk).unwrap_err();
+        assert!(
+            matches!(err, PartitionError::InvalidEntry { number: 5, .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("outside its extended partition 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn gpt_entries_are_numbered_by_index() {
+        let table = read(&two_partition_gpt()).unwrap().unwrap();
+
+        assert_eq!(table.kind, TableKind::Gpt);
+        assert_eq!(
+            table.disk_id.as_deref(),
+            Some("d1d1d1d1-d1d1-d1d1-d1d1-d1d1d1d1d1d1")
+        );
+        assert_eq!(numbers(&table), [1, 3]);
+        let boot = &table.partitions[0];
+        assert_eq!(boot.type_id, "21686148-6E6F-6E6F-744E-656564454649");
+        assert_eq!(boot.label.as_deref(), Some("boot"));
+        assert_eq!(
+            boot.uuid.as_deref(),
+            Some("03020110-0504-0706-0809-0a0b0c0d0e0f")
+        );
+        assert_eq!(boot.offset, 40 * 512);
+        assert_eq!(boot.size, 60 * 512);
+        let linux = &table.partitions[1];
+        assert_eq!(linux.type_id, "0FC63DAF-8483-4772-8E79-3D69D8477DE4");
+        assert_eq!(linux.label, None);
+    }
+
+    #[test]
+    fn gpt_with_damaged_primary_header_uses_backup() {
+        let mut disk = two_partition_gpt();
+        disk[512 + 56] ^= 0xFF; // a disk GUID byte, without resealing the CRC
+        let table = read(&disk).unwrap().unwrap();
+        assert_eq!(numbers(&table), [1, 3]);
+    }
+
+    #[test]
+    fn gpt_with_both_headers_damaged_reports_primary_crc() {
+        let mut disk = two_partition_gpt();
+        disk[512 + 56] ^= 0xFF;
+        disk[255 * 512 + 56] ^= 0xFF;
+        let err = read(&disk).unwrap_err();
+        assert!(
+            matches!(err, PartitionError::GptHeaderCrc { lba: 1, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn gpt_with_damaged_entry_arrays_is_rejected() {
+        let mut disk = two_partition_gpt();
+        disk[2 * 512 + 40] ^= 0x01; // partition 1's last LBA in the primary array
+        disk[(255 - 32) * 512 + 40] ^= 0x01; // and in the backup array
+        let err = read(&disk).unwrap_err();
+        assert!(
+            matches!(err, PartitionError::GptEntriesCrc { lba: 2, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn gpt_with_absurd_entry_count_is_rejected() {
+        let mut disk = two_partition_gpt();
+        for lba in [1, 255] {
+            let at = lba * 512 + 80;
+            disk[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes()); // entry count
+            reseal_gpt(&mut disk, lba as u64);
+        }
+        let err = read(&disk).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PartitionError::GptEntryArray {
+                    lba: 1,
+                    count: u32::MAX,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn gpt_with_odd_entry_size_is_rejected() {
+        let mut disk = two_partition_gpt();
+        for lba in [1, 255] {
+            let at = lba * 512 + 84;
+            disk[at..at + 4].copy_from_slice(&200u32.to_le_bytes()); // entry size
+            reseal_gpt(&mut disk, lba as u64);
+        }
+        let err = read(&disk).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PartitionError::GptEntryArray {
+                    entry_size: 200,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn gpt_entry_beyond_disk_is_rejected() {
+        let disk = gpt_disk(
+            256,
+            &[GptEntry {
+                index: 1,
+                type_guid: LINUX_FS_TYPE,
+                first_lba: 100,
+                last_lba: 300,
+                name: "",
+            }],
+        );
+        let err = read(&disk).unwrap_err();
+        assert!(
+            matches!(err, PartitionError::BeyondDisk { number: 2, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("partition 2"), "{err}");
+    }
+
+    #[test]
+    fn gpt_entry_outside_usable_area_is_rejected() {
+        // Sector 10 lies in the primary entry array, before the first usable sector 34.
+        let disk = gpt_disk(
+            256,
+            &[GptEntry {
+                index: 0,
+                type_guid: LINUX_FS_TYPE,
+                first_lba: 10,
+                last_lba: 60,
+                name: "",
+            }],
+        );
+        let err = read(&disk).unwrap_err();
+        assert!(
+            matches!(err, PartitionError::InvalidEntry { number: 1, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("usable area"), "{err}");
+    }
+
+    #[test]
+    fn gpt_entry_ending_before_start_is_rejected() {
+        let disk = gpt_disk(
+            256,
+            &[GptEntry {
+                index: 4,
+                type_guid: LINUX_FS_TYPE,
+                first_lba: 100,
+                last_lba: 99,
+                name: "",
+            }],
+        );
+        let err = read(&disk).unwrap_err();
+        assert!(
+            matches!(err, PartitionError::InvalidEntry { number: 5, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn gpt_overlapping_entries_are_rejected() {
+        let disk = gpt_disk(
+            256,
+            &[
+                GptEntry {
+                    index: 0,
+                    type_guid: LINUX_FS_TYPE,
+                    first_lba: 40,
+                    last_lba: 120,
+                    name: "",
+                },
+                GptEntry {
+                    index: 1,
+                    type_guid: LINUX_FS_TYPE,
+                    first_lba: 120,
+                    last_lba: 200,
+                    name: "",
+                },
+            ],
+        );
+        let err = read(&disk).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PartitionError::Overlap {
+                    first: 1,
+                    second: 2,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn gpt_read_error_is_reported_with_offset() {
+        // The disk claims more bytes than the reader holds, so the backup header is missing
+        // and the damaged primary leaves nothing to read.
+        let mut disk = two_partition_gpt();
+        disk[512 + 56] ^= 0xFF;
+        let err = read_partition_table(&mut Cursor::new(&disk), 1024 * 512).unwrap_err();
+        assert!(
+            matches!(err, PartitionError::GptHeaderCrc { lba: 1, .. }),
+            "{err:?}"
+        );
+        let short = &disk[..600];
+        let err = read_partition_table(&mut Cursor::new(short), 256 * 512).unwrap_err();
+        assert!(
+            matches!(err, PartitionError::Io { offset: 512, .. }),
+            "{err:?}"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = read(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_mbr_sector_never_panics(
+            entries in proptest::collection::vec(any::<[u8; 16]>(), 4),
+            size_sectors in 1u64..2048,
+        ) {
+            let mut sector = vec![0u8; 512];
+            for (slot, entry) in entries.iter().enumerate() {
+                sector[446 + 16 * slot..462 + 16 * slot].copy_from_slice(entry);
+                sector[446 + 16 * slot] &= 0x80; // keep boot flags valid so parsing goes on
+            }
+            sector[510] = 0x55;
+            sector[511] = 0xAA;
+            // The reader is short of the claimed size, so reads past 512 bytes fail.
+            let _ = read_partition_table(&mut Cursor::new(&sector), size_sectors * 512);
+        }
+
+        #[test]
+        fn mutated_gpt_never_panics(
+            changes in proptest::collection::vec((0usize..256 * 512, any::<u8>()), 1..16),
+            reseal in any::<bool>(),
+        ) {
+            let mut disk = two_partition_gpt();
+            for (at, byte) in changes {
+                disk[at] = byte;
+            }
+            if reseal {
+                reseal_gpt(&mut disk, 1);
+            }
+            let _ = read(&disk);
+        }
+    }
+}
