@@ -890,13 +890,12 @@ impl GuestFs for MemFs {
             .iter()
             .any(|namespace| name.len() > namespace.len() && name.starts_with(namespace));
         if !has_namespace || name.contains('\0') {
+            let message =
+                format!("invalid extended attribute name {name:?}: use a namespace like `user.`");
             return Err(VfsError::Io {
                 op: "set_xattr",
                 path: path.clone(),
-                source: io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("invalid extended attribute name {name:?}: it needs a namespace such as `user.`"),
-                ),
+                source: io::Error::new(io::ErrorKind::InvalidInput, message),
             });
         }
         self.node_mut(&target)
