@@ -261,3 +261,84 @@ fn summarize_filesystem(volume: &Volume) -> Option<String> {
     text.push(')');
     Some(text)
 }
+
+/// Running the host's partitioning, mkfs and blkid tools from tests. A missing tool fails
+/// the test with the package to install, because a skipped comparison would pass silently.
+#[cfg(test)]
+pub(crate) mod host_tools {
+    use std::collections::HashMap;
+    use std::ffi::OsStr;
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+
+    /// Finds `name` in `PATH`, then in `/usr/sbin` and `/sbin`, which a non-root `PATH`
+    /// often lacks.
+    pub(crate) fn tool_path(name: &str, package: &str) -> PathBuf {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+        dirs.extend([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]);
+        dirs.into_iter()
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+            .unwrap_or_else(|| {
+                panic!("{name} not found in PATH, /usr/sbin or /sbin; install {package} to run this test")
+            })
+    }
+
+    /// Runs a tool with `args` and `stdin`, and returns its standard output; panics with
+    /// the tool's standard error when it fails.
+    pub(crate) fn run<S: AsRef<OsStr>>(
+        name: &str,
+        package: &str,
+        args: &[S],
+        stdin: &str,
+    ) -> String {
+        let mut child = Command::new(tool_path(name, package))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {name} failed: {err}"));
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(stdin.as_bytes())
+            .unwrap_or_else(|err| panic!("writing to {name} failed: {err}"));
+        let output = child
+            .wait_with_output()
+            .unwrap_or_else(|err| panic!("waiting for {name} failed: {err}"));
+        assert!(
+            output.status.success(),
+            "{name} failed with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Creates a sparse file of `size` bytes.
+    pub(crate) fn sparse_file(dir: &Path, name: &str, size: u64) -> PathBuf {
+        let path = dir.join(name);
+        let file = std::fs::File::create(&path).expect("creating a sparse file");
+        file.set_len(size).expect("sizing a sparse file");
+        path
+    }
+
+    /// Returns the `KEY=value` pairs of `blkid -p -o export FILE`, or of the range at
+    /// `offset` when given.
+    pub(crate) fn blkid(file: &Path, offset: Option<u64>) -> HashMap<String, String> {
+        let mut args = vec!["-p".to_owned(), "-o".into(), "export".into()];
+        if let Some(offset) = offset {
+            args.extend(["-O".to_owned(), offset.to_string()]);
+        }
+        args.push(file.display().to_string());
+        run("blkid", "util-linux", &args, "")
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect()
+    }
+}
