@@ -342,3 +342,395 @@ pub(crate) mod host_tools {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Cursor, Seek, SeekFrom};
+    use std::path::Path;
+
+    use super::host_tools::{blkid, run, sparse_file};
+    use super::*;
+    use crate::fsprobe::test_superblocks::{put_ext_superblock, EXT4_FEATURES};
+    use crate::partition::test_images::{gpt_disk, GptEntry, BIOS_BOOT_TYPE, LINUX_FS_TYPE};
+    use crate::partition::TableKind;
+
+    const ROOT_UUID: [u8; 16] = [0xAB; 16];
+    const ROOT_UUID_TEXT: &str = "abababab-abab-abab-abab-abababababab";
+
+    /// A 256-sector GPT disk: a BIOS boot partition 1 (sectors 40..=99) and a Linux
+    /// partition 2 (sectors 100..=199) holding ext4 labelled `root`.
+    fn gpt_with_root() -> Vec<u8> {
+        let mut disk = gpt_disk(
+            256,
+            &[
+                GptEntry {
+                    index: 0,
+                    type_guid: BIOS_BOOT_TYPE,
+                    first_lba: 40,
+                    last_lba: 99,
+                    name: "bios",
+                },
+                GptEntry {
+                    index: 1,
+                    type_guid: LINUX_FS_TYPE,
+                    first_lba: 100,
+                    last_lba: 199,
+                    name: "linux",
+                },
+            ],
+        );
+        put_ext_superblock(&mut disk, 100 * 512, EXT4_FEATURES, b"root", ROOT_UUID);
+        disk
+    }
+
+    fn volumes_of(disk: &[u8]) -> Vec<Volume> {
+        list_volumes(&mut Cursor::new(disk), disk.len() as u64).unwrap()
+    }
+
+    #[test]
+    fn unpartitioned_disk_is_one_whole_disk_volume() {
+        let mut disk = vec![0u8; 64 * 1024];
+        put_ext_superblock(&mut disk, 0, EXT4_FEATURES, b"root", ROOT_UUID);
+        let volumes = volumes_of(&disk);
+
+        assert_eq!(volumes.len(), 1);
+        assert_eq!(volumes[0].partition, None);
+        assert_eq!(volumes[0].size, 64 * 1024);
+        assert_eq!(volumes[0].fs.as_ref().unwrap().fs_type, "ext4");
+        let chosen = select_volume(&volumes, &PartitionSelector::None).unwrap();
+        assert_eq!(chosen.offset, 0);
+    }
+
+    #[test]
+    fn partition_number_on_unpartitioned_disk_is_rejected() {
+        let mut disk = vec![0u8; 64 * 1024];
+        put_ext_superblock(&mut disk, 0, EXT4_FEATURES, b"root", ROOT_UUID);
+        let err = select_volume(&volumes_of(&disk), &PartitionSelector::Number(1)).unwrap_err();
+        assert!(
+            matches!(err, LayoutError::NoPartitionTable { number: 1 }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("no partition table"), "{err}");
+    }
+
+    #[test]
+    fn whole_disk_without_filesystem_is_rejected() {
+        let disk = vec![0u8; 64 * 1024];
+        let err = select_volume(&volumes_of(&disk), &PartitionSelector::None).unwrap_err();
+        assert!(matches!(err, LayoutError::NoWholeDiskFilesystem), "{err:?}");
+    }
+
+    #[test]
+    fn partitions_carry_their_filesystems() {
+        let volumes = volumes_of(&gpt_with_root());
+
+        assert_eq!(volumes.len(), 2);
+        assert_eq!(volumes[0].fs, None);
+        assert_eq!(volumes[1].offset, 100 * 512);
+        assert_eq!(volumes[1].size, 100 * 512);
+        let fs = volumes[1].fs.as_ref().unwrap();
+        assert_eq!(fs.label.as_deref(), Some("root"));
+        assert_eq!(
+            volumes[1].partition.as_ref().unwrap().label.as_deref(),
+            Some("linux")
+        );
+    }
+
+    #[test]
+    fn whole_disk_on_partitioned_disk_lists_partitions() {
+        let err =
+            select_volume(&volumes_of(&gpt_with_root()), &PartitionSelector::None).unwrap_err();
+        assert!(
+            matches!(err, LayoutError::DiskIsPartitioned { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("partition table with partitions 1, 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_partition_number_lists_partitions() {
+        let err = select_volume(&volumes_of(&gpt_with_root()), &PartitionSelector::Number(3))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "partition 3 not found; the disk has partitions 1, 2"
+        );
+    }
+
+    #[test]
+    fn bios_boot_partition_has_no_filesystem() {
+        let err = select_volume(&volumes_of(&gpt_with_root()), &PartitionSelector::Number(1))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "partition 1 has no filesystem that can be recognised (type 21686148-6E6F-6E6F-744E-656564454649)"
+        );
+    }
+
+    #[test]
+    fn number_label_and_uuid_select_the_same_volume() {
+        let volumes = volumes_of(&gpt_with_root());
+        let by_number = select_volume(&volumes, &PartitionSelector::Number(2)).unwrap();
+        let by_label = select_volume(&volumes, &PartitionSelector::Label("root".into())).unwrap();
+        let by_uuid = select_volume(
+            &volumes,
+            &PartitionSelector::Uuid(ROOT_UUID_TEXT.to_uppercase()),
+        )
+        .unwrap();
+
+        assert_eq!(by_number.offset, 100 * 512);
+        assert_eq!(by_label.offset, 100 * 512);
+        assert_eq!(by_uuid.offset, 100 * 512);
+    }
+
+    #[test]
+    fn unknown_label_lists_found_filesystems() {
+        let volumes = volumes_of(&gpt_with_root());
+        let err = select_volume(&volumes, &PartitionSelector::Label("home".into())).unwrap_err();
+        assert!(matches!(err, LayoutError::NoMatch { .. }), "{err:?}");
+        assert!(err.to_string().contains("label:home"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("partition 2 (ext4, label \"root\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_label_is_ambiguous() {
+        let mut disk = gpt_disk(
+            256,
+            &[
+                GptEntry {
+                    index: 0,
+                    type_guid: LINUX_FS_TYPE,
+                    first_lba: 40,
+                    last_lba: 99,
+                    name: "",
+                },
+                GptEntry {
+                    index: 1,
+                    type_guid: LINUX_FS_TYPE,
+                    first_lba: 100,
+                    last_lba: 199,
+                    name: "",
+                },
+            ],
+        );
+        put_ext_superblock(&mut disk, 40 * 512, EXT4_FEATURES, b"root", [1; 16]);
+        put_ext_superblock(&mut disk, 100 * 512, EXT4_FEATURES, b"root", [2; 16]);
+        let err = select_volume(&volumes_of(&disk), &PartitionSelector::Label("root".into()))
+            .unwrap_err();
+        assert!(matches!(err, LayoutError::AmbiguousMatch { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("partition 1, partition 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn auto_needs_backend_inspection() {
+        let err =
+            select_volume(&volumes_of(&gpt_with_root()), &PartitionSelector::Auto).unwrap_err();
+        assert!(matches!(err, LayoutError::AutoNeedsInspection), "{err:?}");
+    }
+
+    #[test]
+    fn invalid_table_is_a_layout_error() {
+        let disk = gpt_disk(
+            256,
+            &[
+                GptEntry {
+                    index: 0,
+                    type_guid: LINUX_FS_TYPE,
+                    first_lba: 40,
+                    last_lba: 120,
+                    name: "",
+                },
+                GptEntry {
+                    index: 1,
+                    type_guid: LINUX_FS_TYPE,
+                    first_lba: 100,
+                    last_lba: 199,
+                    name: "",
+                },
+            ],
+        );
+        let err = list_volumes(&mut Cursor::new(&disk), disk.len() as u64).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LayoutError::ReadingPartitionTable(PartitionError::Overlap { .. })
+            ),
+            "{err:?}"
+        );
+    }
+
+    /// Copies the filesystem image `fs` into `disk` at byte `offset`.
+    fn copy_into(disk: &Path, offset: u64, fs: &Path) {
+        let mut target = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+        target.seek(SeekFrom::Start(offset)).unwrap();
+        std::io::copy(&mut std::fs::File::open(fs).unwrap(), &mut target).unwrap();
+    }
+
+    fn open_volumes(disk: &Path) -> Vec<Volume> {
+        let size = std::fs::metadata(disk).unwrap().len();
+        list_volumes(&mut std::fs::File::open(disk).unwrap(), size).unwrap()
+    }
+
+    /// Returns the `partitiontable` object of `sfdisk --json DISK`.
+    fn sfdisk_json(disk: &Path) -> serde_json::Value {
+        let text = run("sfdisk", "fdisk", &["--json", disk.to_str().unwrap()], "");
+        let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        value["partitiontable"].take()
+    }
+
+    /// Returns the partition number at the end of an sfdisk node name such as `disk.raw5`.
+    fn node_number(partition: &serde_json::Value) -> u32 {
+        let node = partition["node"].as_str().unwrap();
+        let start = node.len() - node.chars().rev().take_while(char::is_ascii_digit).count();
+        node[start..].parse().unwrap()
+    }
+
+    #[test]
+    fn sfdisk_gpt_disk_matches_sfdisk_and_blkid() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = sparse_file(dir.path(), "disk.raw", 64 << 20);
+        let script = "label: gpt\n\
+            size=1MiB, type=21686148-6E6F-6E6F-744E-656564454649, name=bios\n\
+            type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root\n";
+        run(
+            "sfdisk",
+            "fdisk",
+            &["--quiet", disk.to_str().unwrap()],
+            script,
+        );
+        let table = sfdisk_json(&disk);
+        let root_entry = &table["partitions"][1];
+        let root_offset = root_entry["start"].as_u64().unwrap() * 512;
+        let root_size = root_entry["size"].as_u64().unwrap() * 512;
+        let fs = sparse_file(dir.path(), "root.ext4", root_size);
+        run(
+            "mkfs.ext4",
+            "e2fsprogs",
+            &["-q", "-L", "rootfs", fs.to_str().unwrap()],
+            "",
+        );
+        copy_into(&disk, root_offset, &fs);
+
+        let volumes = open_volumes(&disk);
+        let parsed = read_partition_table(&mut std::fs::File::open(&disk).unwrap(), 64 << 20)
+            .unwrap()
+            .unwrap();
+
+        assert_eq!(parsed.kind, TableKind::Gpt);
+        assert_eq!(parsed.disk_id, table["id"].as_str().map(str::to_lowercase));
+        let expected = table["partitions"].as_array().unwrap();
+        assert_eq!(volumes.len(), expected.len());
+        for (volume, entry) in volumes.iter().zip(expected) {
+            let partition = volume.partition.as_ref().unwrap();
+            assert_eq!(partition.number, node_number(entry));
+            assert_eq!(partition.offset, entry["start"].as_u64().unwrap() * 512);
+            assert_eq!(partition.size, entry["size"].as_u64().unwrap() * 512);
+            assert_eq!(partition.type_id, entry["type"].as_str().unwrap());
+            assert_eq!(
+                partition.uuid,
+                entry["uuid"].as_str().map(str::to_lowercase)
+            );
+            assert_eq!(partition.label.as_deref(), entry["name"].as_str());
+        }
+        let whole = blkid(&disk, None);
+        assert_eq!(whole.get("PTTYPE").map(String::as_str), Some("gpt"));
+        assert_eq!(parsed.disk_id.as_ref(), whole.get("PTUUID"));
+        let root = blkid(&disk, Some(root_offset));
+        let root_fs = volumes[1].fs.as_ref().unwrap();
+        assert_eq!(volumes[0].fs, None);
+        assert_eq!(Some(&root_fs.fs_type), root.get("TYPE"));
+        assert_eq!(root_fs.uuid.as_ref(), root.get("UUID"));
+        assert_eq!(root_fs.label.as_deref(), Some("rootfs"));
+    }
+
+    #[test]
+    fn sfdisk_mbr_disk_with_logicals_matches_sfdisk_and_blkid() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = sparse_file(dir.path(), "disk.raw", 64 << 20);
+        // A primary, then an extended partition filling the rest of the disk, so that
+        // sfdisk makes the next two partitions logical ones inside it.
+        let script = "label: dos\nlabel-id: 0x1234abcd\n\
+            size=8MiB, type=83\n\
+            type=5\n\
+            size=10MiB, type=83\n\
+            size=10MiB, type=82\n";
+        run(
+            "sfdisk",
+            "fdisk",
+            &["--quiet", disk.to_str().unwrap()],
+            script,
+        );
+        let table = sfdisk_json(&disk);
+        let logical = table["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|entry| node_number(entry) == 5)
+            .unwrap();
+        let logical_offset = logical["start"].as_u64().unwrap() * 512;
+        let fs = sparse_file(
+            dir.path(),
+            "data.ext4",
+            logical["size"].as_u64().unwrap() * 512,
+        );
+        run(
+            "mkfs.ext4",
+            "e2fsprogs",
+            &["-q", "-L", "data", fs.to_str().unwrap()],
+            "",
+        );
+        copy_into(&disk, logical_offset, &fs);
+
+        let volumes = open_volumes(&disk);
+        let parsed = read_partition_table(&mut std::fs::File::open(&disk).unwrap(), 64 << 20)
+            .unwrap()
+            .unwrap();
+
+        assert_eq!(parsed.kind, TableKind::Mbr);
+        assert_eq!(parsed.disk_id.as_deref(), Some("1234abcd"));
+        // sfdisk also lists the extended container (type 5), which holds no filesystem.
+        let expected: Vec<&serde_json::Value> = table["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|entry| entry["type"] != "5")
+            .collect();
+        let numbers: Vec<u32> = volumes
+            .iter()
+            .map(|v| v.partition.as_ref().unwrap().number)
+            .collect();
+        assert_eq!(numbers, [1, 5, 6]);
+        assert_eq!(volumes.len(), expected.len());
+        for (volume, entry) in volumes.iter().zip(expected) {
+            let partition = volume.partition.as_ref().unwrap();
+            let sfdisk_type = u8::from_str_radix(entry["type"].as_str().unwrap(), 16).unwrap();
+            assert_eq!(partition.number, node_number(entry));
+            assert_eq!(partition.offset, entry["start"].as_u64().unwrap() * 512);
+            assert_eq!(partition.size, entry["size"].as_u64().unwrap() * 512);
+            assert_eq!(partition.type_id, format!("0x{sfdisk_type:02x}"));
+        }
+        let whole = blkid(&disk, None);
+        assert_eq!(whole.get("PTTYPE").map(String::as_str), Some("dos"));
+        assert_eq!(parsed.disk_id.as_ref(), whole.get("PTUUID"));
+        let data = blkid(&disk, Some(logical_offset));
+        let data_fs = volumes[1].fs.as_ref().unwrap();
+        assert_eq!(Some(&data_fs.fs_type), data.get("TYPE"));
+        assert_eq!(data_fs.uuid.as_ref(), data.get("UUID"));
+        assert_eq!(data_fs.label.as_ref(), data.get("LABEL"));
+        assert_eq!(
+            volumes[1].partition.as_ref().unwrap().uuid.as_deref(),
+            Some("1234abcd-05")
+        );
+    }
+}
