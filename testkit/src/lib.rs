@@ -4,7 +4,9 @@
 
 pub mod conformance;
 pub mod debian;
+pub mod images;
 pub mod memfs;
+pub mod strategies;
 
 pub use memfs::{Fault, MemFs, MemNode, MemNodeKind, MemOp, SharedMemFs};
 
