@@ -349,6 +349,35 @@ impl MemFs {
         self
     }
 
+    /// Adds `node` at the literal path `path` and returns true, or returns false and changes
+    /// nothing when something is already there or a parent is not a directory. Missing
+    /// parents are created as by [`MemFs::add_dir`].
+    pub fn try_add_node(&mut self, path: &GuestPath, node: MemNode) -> bool {
+        if self.nodes.contains_key(path) {
+            return false;
+        }
+        let Some(parent) = path.parent() else {
+            return false;
+        };
+        let ancestors = parent.ancestors_from_root();
+        let blocked = ancestors.iter().any(|ancestor| {
+            self.nodes
+                .get(ancestor)
+                .is_some_and(|found| found.kind != MemNodeKind::Directory)
+        });
+        if blocked {
+            return false;
+        }
+
+        for ancestor in ancestors {
+            self.nodes
+                .entry(ancestor)
+                .or_insert_with(|| directory_node(0o755, 0, 0));
+        }
+        self.nodes.insert(path.clone(), node);
+        true
+    }
+
     /// Sets one extended attribute on the node at the literal path `path`.
     ///
     /// # Panics
