@@ -298,3 +298,221 @@ fn mount_depth(mount_point: &str) -> usize {
         .filter(|name| !name.is_empty())
         .count()
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fsprobe::FsInfo;
+    use crate::partition::Partition;
+
+    fn entry(spec: &str, mount_point: &str, fs_type: &str, options: &str) -> FstabEntry {
+        FstabEntry {
+            spec: spec.into(),
+            mount_point: mount_point.into(),
+            fs_type: fs_type.into(),
+            options: options.split(',').map(str::to_owned).collect(),
+        }
+    }
+
+    fn volume(number: u32, part_label: &str, fs_label: &str, fs_uuid: &str) -> Volume {
+        Volume {
+            partition: Some(Partition {
+                number,
+                offset: u64::from(number) << 20,
+                size: 1 << 20,
+                type_id: "0FC63DAF-8483-4772-8E79-3D69D8477DE4".into(),
+                label: Some(part_label.into()),
+                uuid: Some(format!("{number:08x}-0000-4000-8000-00000000000{number}")),
+            }),
+            offset: u64::from(number) << 20,
+            size: 1 << 20,
+            fs: Some(FsInfo {
+                fs_type: "ext4".into(),
+                label: Some(fs_label.into()),
+                uuid: Some(fs_uuid.into()),
+            }),
+        }
+    }
+
+    /// Partition 1 is /boot (label `boot`), partition 2 is / (label `my root`).
+    fn two_volumes() -> Vec<Volume> {
+        vec![
+            volume(
+                1,
+                "esp part",
+                "boot",
+                "11111111-2222-3333-4444-555555555555",
+            ),
+            volume(
+                2,
+                "root-part",
+                "my root",
+                "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+            ),
+        ]
+    }
+
+    #[test]
+    fn fstab_lines_parse_with_escapes() {
+        let text = b"# /etc/fstab\n\
+            \n\
+            UUID=abc / ext4 errors=remount-ro 0 1\n\
+            \t/dev/sda1\t/mnt/my\\040disk  vfat  defaults,noatime  0  2\r\n\
+            LABEL=data /data xfs\n";
+        let entries = parse_fstab(text);
+
+        assert_eq!(entries.len(), 3);
+        assert_eq!(
+            entries[0],
+            entry("UUID=abc", "/", "ext4", "errors=remount-ro")
+        );
+        assert_eq!(entries[1].mount_point, "/mnt/my disk");
+        assert_eq!(entries[1].options, ["defaults", "noatime"]);
+        assert_eq!(entries[2].options, ["defaults"]);
+    }
+
+    #[test]
+    fn malformed_fstab_lines_are_skipped() {
+        let text = b"/dev/sda1 /\n\
+            /dev/sda1 / ext4 defaults 0 1 extra\n\
+            /dev/sda1 / ext4 defaults x 1\n\
+            /dev/sda2 /home ext4 defaults 0 two\n\
+            /dev/sda3 /srv ext4 defaults 0 2\n";
+        let entries = parse_fstab(text);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].mount_point, "/srv");
+    }
+
+    #[test]
+    fn escapes_out_of_byte_range_stay_literal() {
+        // \777 is 511, which is no byte, so the text stays as written.
+        let entries = parse_fstab(b"/dev/sda1 /a\\777b ext4\n");
+        assert_eq!(entries[0].mount_point, "/a\\777b");
+    }
+
+    #[test]
+    fn tagged_specs_find_their_volumes() {
+        let volumes = two_volumes();
+        let cases = [
+            ("UUID=AAAAAAAA-BBBB-CCCC-DDDD-EEEEEEEEEEEE", Some(1)),
+            ("UUID=\"11111111-2222-3333-4444-555555555555\"", Some(0)),
+            ("LABEL=boot", Some(0)),
+            ("LABEL=Boot", None),
+            ("PARTUUID=00000002-0000-4000-8000-000000000002", Some(1)),
+            ("PARTLABEL=root-part", Some(1)),
+            (
+                "/dev/disk/by-uuid/aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+                Some(1),
+            ),
+            ("/dev/disk/by-label/my\\x20root", Some(1)),
+            ("/dev/disk/by-partlabel/esp\\x20part", Some(0)),
+            ("UUID=00000000-0000-0000-0000-000000000000", None),
+        ];
+        for (spec, expected) in cases {
+            assert_eq!(find_volume_for_spec(spec, &volumes), expected, "{spec}");
+        }
+    }
+
+    #[test]
+    fn kernel_names_find_partitions_by_number() {
+        let volumes = two_volumes();
+        let cases = [
+            ("/dev/sda1", Some(0)),
+            ("/dev/vdb2", Some(1)),
+            ("/dev/hda2", Some(1)),
+            ("/dev/xvda1", Some(0)),
+            ("/dev/nvme0n1p2", Some(1)),
+            ("/dev/mmcblk0p1", Some(0)),
+            ("/dev/sda3", None),
+            ("/dev/sda0", None),
+            ("/dev/sda", None),
+            ("/dev/sd1", None),
+            ("/dev/nvme0n1", None),
+            ("/dev/loop0", None),
+            ("tmpfs", None),
+        ];
+        for (spec, expected) in cases {
+            assert_eq!(find_volume_for_spec(spec, &volumes), expected, "{spec}");
+        }
+    }
+
+    #[test]
+    fn bare_disk_name_finds_whole_disk_volume() {
+        let whole = Volume {
+            partition: None,
+            offset: 0,
+            size: 1 << 30,
+            fs: None,
+        };
+        let volumes = [whole];
+        assert_eq!(find_volume_for_spec("/dev/vda", &volumes), Some(0));
+        assert_eq!(find_volume_for_spec("/dev/sdb", &volumes), Some(0));
+        assert_eq!(find_volume_for_spec("/dev/vda1", &volumes), None);
+    }
+
+    #[test]
+    fn spec_matching_two_volumes_finds_none() {
+        let volumes = vec![
+            volume(1, "a", "same", "11111111-2222-3333-4444-555555555555"),
+            volume(2, "b", "same", "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"),
+        ];
+        assert_eq!(find_volume_for_spec("LABEL=same", &volumes), None);
+    }
+
+    #[test]
+    fn local_mounts_keep_disk_filesystems_parents_first() {
+        let entries = parse_fstab(
+            b"UUID=3 /var/log ext4 defaults 0 2\n\
+              UUID=2 /var xfs defaults 0 2\n\
+              proc /proc proc defaults 0 0\n\
+              UUID=9 none swap sw 0 0\n\
+              tmpfs /tmp tmpfs defaults 0 0\n\
+              server:/export /mnt/nfs nfs defaults 0 0\n\
+              //server/share /mnt/smb cifs defaults 0 0\n\
+              /srv/a /srv/b none bind 0 0\n\
+              /dev/sdb1 /media/usb vfat noauto,user 0 0\n\
+              LABEL=boot /boot auto defaults 0 2\n\
+              /var/data /mnt/bound ext4 rbind 0 0\n\
+              UUID=1 / btrfs defaults 0 1\n\
+              UUID=4 relative ext4 defaults 0 2\n",
+        );
+        let kept: Vec<&str> = local_mounts(&entries)
+            .iter()
+            .map(|entry| entry.mount_point.as_str())
+            .collect();
+        assert_eq!(kept, ["/", "/boot", "/var", "/var/log"]);
+    }
+
+    #[test]
+    fn auto_type_without_device_spec_is_not_local() {
+        let entries = [entry("none", "/mnt", "auto", "defaults")];
+        assert!(local_mounts(&entries).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_fstab_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let entries = parse_fstab(&bytes);
+            let _ = local_mounts(&entries);
+            for entry in &entries {
+                let _ = find_volume_for_spec(&entry.spec, &two_volumes());
+            }
+        }
+
+        #[test]
+        fn fstab_like_text_never_panics(text in "([ \\t]{0,2}[a-zA-Z0-9=/\\\\#\"x:._-]{0,12}){0,8}(\n([ \\t]{0,2}[a-zA-Z0-9=/\\\\#\"x:._-]{0,12}){0,8}){0,6}") {
+            let entries = parse_fstab(text.as_bytes());
+            let _ = local_mounts(&entries);
+            for entry in &entries {
+                let _ = find_volume_for_spec(&entry.spec, &two_volumes());
+            }
+        }
+
+        #[test]
+        fn arbitrary_specs_never_panic(spec in "(/dev/|UUID=|LABEL=|/dev/disk/by-label/)?[a-z0-9\\\\x\"p]{0,16}") {
+            let _ = find_volume_for_spec(&spec, &two_volumes());
+        }
+    }
+}
