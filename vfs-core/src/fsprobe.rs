@@ -1,7 +1,7 @@
 //! Filesystem detection from superblock magic numbers, with the type, label and UUID that
 //! `blkid` would report.
 //!
-//! Recognised: ext2, ext3 and ext4 (told apart by feature flags as `blkid` does), xfs,
+//! Recognised: ext2, ext3 and ext4 (distinguished by feature flags as `blkid` does), xfs,
 //! btrfs, vfat, Linux swap (as `swap`) and squashfs. Only fixed-size superblocks are read,
 //! so hostile contents cannot make the probe allocate or loop. A magic number is backed by
 //! one or two plausibility checks, but no checksum is verified: the result says what the
@@ -89,7 +89,7 @@ const EXT3_INCOMPAT_SUPPORTED: u32 =
 const EXT3_RO_COMPAT_SUPPORTED: u32 =
     EXT_RO_COMPAT_SPARSE_SUPER | EXT_RO_COMPAT_LARGE_FILE | EXT_RO_COMPAT_BTREE_DIR;
 
-/// The ext superblock: 1024 bytes at byte 1024.
+/// Detects ext2, ext3 and ext4 from the 1024-byte superblock at byte 1024.
 fn probe_ext<R: Read + Seek>(range: &mut Range<'_, R>) -> io::Result<Option<FsInfo>> {
     let Some(sb) = range.read::<1024>(1024)? else {
         return Ok(None);
@@ -122,7 +122,7 @@ fn probe_ext<R: Read + Seek>(range: &mut Range<'_, R>) -> io::Result<Option<FsIn
     }))
 }
 
-/// The xfs superblock at byte 0 (big-endian).
+/// Detects xfs from its big-endian superblock at byte 0.
 fn probe_xfs<R: Read + Seek>(range: &mut Range<'_, R>) -> io::Result<Option<FsInfo>> {
     let Some(sb) = range.read::<512>(0)? else {
         return Ok(None);
@@ -139,7 +139,7 @@ fn probe_xfs<R: Read + Seek>(range: &mut Range<'_, R>) -> io::Result<Option<FsIn
     }))
 }
 
-/// The btrfs superblock at 64 KiB; the fields used sit in its first 4 KiB.
+/// Detects btrfs from its superblock at 64 KiB. The fields used lie in its first 4 KiB.
 fn probe_btrfs<R: Read + Seek>(range: &mut Range<'_, R>) -> io::Result<Option<FsInfo>> {
     let Some(sb) = range.read::<4096>(0x10000)? else {
         return Ok(None);
@@ -159,8 +159,8 @@ fn probe_btrfs<R: Read + Seek>(range: &mut Range<'_, R>) -> io::Result<Option<Fs
 /// The page sizes at whose end a swap signature may sit, as `blkid` tries them.
 const SWAP_PAGE_SIZES: [u64; 5] = [4096, 8192, 16384, 32768, 65536];
 
-/// Linux swap: the signature ends the first page; a version 1 header at byte 1024 holds
-/// the UUID (at 1036) and the label (at 1052).
+/// Detects Linux swap from the signature that ends the first page. A version 1 header at
+/// byte 1024 contains the UUID (at 1036) and the label (at 1052).
 fn probe_swap<R: Read + Seek>(range: &mut Range<'_, R>) -> io::Result<Option<FsInfo>> {
     for page_size in SWAP_PAGE_SIZES {
         let Some(signature) = range.read::<10>(page_size - 10)? else {
@@ -187,7 +187,7 @@ fn probe_swap<R: Read + Seek>(range: &mut Range<'_, R>) -> io::Result<Option<FsI
     Ok(None)
 }
 
-/// squashfs: the little-endian magic `hsqs` at byte 0. It has no label or UUID.
+/// Detects squashfs from the little-endian magic `hsqs` at byte 0. It has no label or UUID.
 fn probe_squashfs<R: Read + Seek>(range: &mut Range<'_, R>) -> io::Result<Option<FsInfo>> {
     match range.read::<4>(0)? {
         Some(magic) if &magic == b"hsqs" => Ok(Some(FsInfo {
@@ -199,7 +199,7 @@ fn probe_squashfs<R: Read + Seek>(range: &mut Range<'_, R>) -> io::Result<Option
     }
 }
 
-/// FAT12, FAT16 and FAT32 boot sectors, identified by the BIOS parameter block and the
+/// Detects FAT12, FAT16 and FAT32 from the boot sector's BIOS parameter block and its
 /// `FAT` type string.
 ///
 /// NOTE: the label comes from the boot sector only. `blkid` prefers the volume-label entry
@@ -225,8 +225,8 @@ fn probe_vfat<R: Read + Seek>(range: &mut Range<'_, R>) -> io::Result<Option<FsI
         return Ok(None);
     }
 
-    // FAT32 keeps its extended parameter block at 0x40, FAT12 and FAT16 at 0x24; 0x29 at
-    // the block's signature byte says the volume id and label follow.
+    // FAT32 keeps its extended parameter block at 0x40, FAT12 and FAT16 at 0x24. The value
+    // 0x29 in the block's signature byte means that the volume id and label follow.
     let signature_at = if &boot[0x52..0x57] == b"FAT32" {
         0x42
     } else if &boot[0x36..0x39] == b"FAT" {
@@ -523,7 +523,7 @@ mod tests {
     #[test]
     fn mkfs_xfs_matches_blkid() {
         let dir = tempfile::tempdir().unwrap();
-        // xfsprogs 5.19 and later refuse filesystems under 300 MiB.
+        // mkfs.xfs 6.1.0 rejects filesystems under 300 MB.
         let file = sparse_file(dir.path(), "xfs", 320 << 20);
         run(
             "mkfs.xfs",

@@ -8,7 +8,7 @@ use crate::layout::Volume;
 pub struct FstabEntry {
     /// The device: `UUID=...`, `LABEL=...`, `/dev/sda1`, ...
     pub spec: String,
-    /// Where it is mounted in the guest tree.
+    /// The mount point in the guest tree.
     pub mount_point: String,
     /// The filesystem type, such as `ext4` or `auto`.
     pub fs_type: String,
@@ -126,7 +126,7 @@ pub fn find_volume_for_spec(spec: &str, volumes: &[Volume]) -> Option<usize> {
     Some(first)
 }
 
-/// What an fstab spec refers to.
+/// The volume property that an fstab spec names.
 enum Target {
     FsUuid(String),
     FsLabel(String),
@@ -257,16 +257,16 @@ const LOCAL_FS_TYPES: [&str; 16] = [
 /// are left out. The order is by path depth, so `/` comes first and `/var` before
 /// `/var/log`, and by path within one depth.
 pub fn local_mounts(entries: &[FstabEntry]) -> Vec<&FstabEntry> {
-    let mut kept: Vec<&FstabEntry> = entries
+    let mut mounts: Vec<&FstabEntry> = entries
         .iter()
         .filter(|entry| is_local_mount(entry))
         .collect();
-    kept.sort_by(|a, b| {
+    mounts.sort_by(|a, b| {
         mount_depth(&a.mount_point)
             .cmp(&mount_depth(&b.mount_point))
             .then_with(|| a.mount_point.cmp(&b.mount_point))
     });
-    kept
+    mounts
 }
 
 fn is_local_mount(entry: &FstabEntry) -> bool {
@@ -291,7 +291,7 @@ fn is_local_mount(entry: &FstabEntry) -> bool {
             .any(|prefix| entry.spec.starts_with(prefix))
 }
 
-/// The number of names in a mount point: 0 for `/`, 2 for `/var/log/`.
+/// Counts the names in a mount point: 0 for `/`, 2 for `/var/log/`.
 fn mount_depth(mount_point: &str) -> usize {
     mount_point
         .split('/')

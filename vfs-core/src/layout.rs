@@ -59,7 +59,7 @@ pub enum LayoutError {
     /// A partition number was requested that the table does not have.
     #[error("partition {number} not found; the disk has {}", PartitionList(.partitions))]
     PartitionNotFound { number: u32, partitions: Vec<u32> },
-    /// The requested partition holds no recognised filesystem.
+    /// The requested partition contains no recognised filesystem.
     #[error("partition {number} has no filesystem that can be recognised (type {type_id})")]
     NoFilesystem { number: u32, type_id: String },
     /// No filesystem has the requested label or UUID.

@@ -2,10 +2,10 @@
 //!
 //! The parser reads through any `Read + Seek`, so it works on a raw image file, a loop
 //! device or a qcow2 image exposed by a user-space NBD client. Every table field is checked
-//! before use: entries must lie inside the disk and must not overlap, the extended-partition
-//! chain must not loop and has a length limit, and GPT headers and entry arrays must carry
-//! correct CRC32s and sizes under a fixed cap. No input makes it panic, loop without bound
-//! or allocate more than [`MAX_GPT_ENTRY_ARRAY_BYTES`].
+//! before use. Entries must lie inside the disk and must not overlap. The extended-partition
+//! chain must not loop and has a length limit. GPT headers and entry arrays must carry
+//! correct CRC32s, and their sizes have a fixed cap. No input makes the parser panic, loop
+//! without bound or allocate more than [`MAX_GPT_ENTRY_ARRAY_BYTES`].
 //!
 //! Partitions are numbered as Linux numbers them: MBR primaries 1 to 4 by slot, logical
 //! partitions from 5 in chain order, and GPT entries by their index in the entry array plus
@@ -29,8 +29,8 @@ use std::io::{self, Read, Seek, SeekFrom};
 /// The sector size that every table offset is counted in.
 pub const SECTOR_SIZE: u64 = 512;
 
-/// The most links followed in an extended-partition chain. Real disks carry a few dozen
-/// logical partitions at most, and Linux stops at 256 partitions per disk.
+/// The maximum number of links followed in an extended-partition chain. Linux handles at
+/// most 256 partitions per disk (`DISK_MAX_PARTS`), so a longer chain has no use.
 pub const MAX_EXTENDED_CHAIN: usize = 256;
 
 /// The largest GPT entry array read into memory, in bytes. The usual array is 128 entries
@@ -38,7 +38,7 @@ pub const MAX_EXTENDED_CHAIN: usize = 256;
 pub const MAX_GPT_ENTRY_ARRAY_BYTES: u64 = 1024 * 1024;
 
 /// The largest GPT entry size accepted, in bytes. The UEFI specification allows 128 times
-/// any power of two; every tool writes 128.
+/// any power of two, while `sfdisk` writes 128 and Linux accepts only 128.
 pub const MAX_GPT_ENTRY_SIZE: u32 = 1024;
 
 /// MBR partition types that mark an extended partition (DOS, Windows LBA, Linux).
@@ -86,7 +86,7 @@ pub struct Partition {
 /// A parsed partition table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionTable {
-    /// Which kind of table the disk has.
+    /// The kind of table.
     pub kind: TableKind,
     /// The GPT disk GUID in lowercase, or the MBR disk signature as 8 hex digits; `None` for
     /// an MBR whose signature is zero.
