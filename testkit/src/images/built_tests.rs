@@ -68,10 +68,8 @@ fn assert_root_tree(image: &TestImage) {
             "{fstab}"
         );
     }
-    assert!(reader
-        .cat_string("/etc/os-release")
-        .unwrap()
-        .contains("ID=debian"));
+    let version = reader.cat_string("/etc/debian_version").unwrap();
+    assert!(version.starts_with("12"), "{version}");
     assert!(!reader.exists("/root/.ssh").unwrap());
 }
 
@@ -249,7 +247,8 @@ fn debugfs_stat_at_wrong_offset_fails() {
     let err = debugfs_stat(&image.path, 0, "/etc/shadow").unwrap_err();
 
     assert!(
-        matches!(err, TestImageError::CommandReportedError { .. }),
+        matches!(err, TestImageError::RunningCommand { .. }),
         "{err}"
     );
+    assert!(err.to_string().contains("Bad magic number"), "{err}");
 }

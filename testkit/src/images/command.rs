@@ -82,12 +82,18 @@ pub(super) fn stderr_tail(output: &Output) -> String {
     lines[start..].join("\n")
 }
 
-/// Returns the command line as one string for messages, arguments separated by spaces.
+/// Returns the command line as one string for messages, with arguments that contain
+/// white space in single quotes.
 pub(super) fn describe(command: &Command) -> String {
     let mut text = command.get_program().to_string_lossy().into_owned();
     for arg in command.get_args() {
+        let arg = arg.to_string_lossy();
         text.push(' ');
-        text.push_str(&arg.to_string_lossy());
+        if arg.is_empty() || arg.contains(char::is_whitespace) {
+            text.push_str(&format!("'{arg}'"));
+        } else {
+            text.push_str(&arg);
+        }
     }
     text
 }

@@ -73,7 +73,7 @@ pub struct FileStat {
 }
 
 /// Reads the file `guest_path` from the ext filesystem at byte `offset` of a raw or qcow2
-/// image.
+/// image, without following a symlink in the last component.
 pub fn debugfs_cat(image: &Path, offset: u64, guest_path: &str) -> Result<Vec<u8>> {
     let raw = RawImage::open(image)?;
     cat_at(raw.path(), image, offset, guest_path)
@@ -117,7 +117,8 @@ impl Ext4Reader {
         self.offset
     }
 
-    /// Reads a file.
+    /// Reads a file. Like `debugfs cat`, this does not follow a symlink in the last
+    /// component, and reading a fast symlink fails.
     pub fn cat(&self, guest_path: &str) -> Result<Vec<u8>> {
         cat_at(self.raw.path(), &self.image, self.offset, guest_path)
     }

@@ -294,8 +294,7 @@ fn debian_tree() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Removes the `.deb` files `debootstrap` leaves in the apt cache, about a third of the
-/// tree, which no test reads.
+/// Removes the `.deb` files `debootstrap` leaves in the apt cache, which no test reads.
 fn remove_downloaded_packages(tree: &Path) -> Result<()> {
     let archives = tree.join("var/cache/apt/archives");
     let entries = match fs::read_dir(&archives) {
