@@ -551,6 +551,12 @@ impl MemFs {
         let mut follows = 0;
 
         while let Some(name) = pending.pop() {
+            // `.` and `..` come only from symlink targets, and `current` is always a
+            // directory. A `.` stays in `pending` until here so that `missing/.` is
+            // NotFound rather than a path to create, as in the kernel.
+            if name == "." {
+                continue;
+            }
             if name == ".." {
                 current = current.parent().unwrap_or_else(GuestPath::root);
                 continue;
@@ -581,7 +587,7 @@ impl MemFs {
                     if target.starts_with('/') {
                         current = GuestPath::root();
                     }
-                    let names = target.split('/').filter(|name| !matches!(*name, "" | "."));
+                    let names = target.split('/').filter(|name| !name.is_empty());
                     pending.extend(names.rev().map(str::to_owned));
                 }
             }

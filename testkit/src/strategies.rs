@@ -2,7 +2,8 @@
 //! symlinks, and `/etc/shadow` contents.
 //!
 //! Trees and [`tree_path`] draw names from the same small set ([`TREE_NAMES`]), so that a
-//! random path often meets a symlink or file of a random tree.
+//! random path can meet a symlink or file of a random tree; [`guest_tree_and_path`] gives
+//! paths that reach one every time.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +21,7 @@ pub const TREE_NAMES: [&str; 8] = ["a", "b", "c", "etc", "shadow", "root", ".ssh
 
 /// The symlink targets that [`guest_tree`] picks besides paths between its own names: the
 /// files injection changes, climbs out through `..`, and odd spellings.
-pub const HOSTILE_TARGETS: [&str; 13] = [
+pub const HOSTILE_TARGETS: [&str; 17] = [
     "/etc",
     "/etc/shadow",
     "/root/.ssh",
@@ -31,9 +32,13 @@ pub const HOSTILE_TARGETS: [&str; 13] = [
     "../../../../../../root/.ssh",
     ".",
     "..",
+    "../shadow",
+    "../../root/.ssh",
     "a//b/./c",
     "/../../etc/../etc/shadow",
     "link/../link",
+    "missing/.",
+    "shadow/.",
 ];
 
 /// Generates one valid name of a guest path: never `.` or `..`, never with `/` or NUL,
@@ -51,8 +56,9 @@ pub fn guest_path() -> impl Strategy<Value = GuestPath> {
     vec(guest_name(), 0..=4).prop_map(|names| path_from_names(&names))
 }
 
-/// Generates a [`GuestPath`] of one to four names from [`TREE_NAMES`], so that it often
-/// names or passes through a node of a [`guest_tree`].
+/// Generates a [`GuestPath`] of one to four names from [`TREE_NAMES`], so that it may name
+/// or pass through a node of a [`guest_tree`]. Most such paths miss the tree; use
+/// [`guest_tree_and_path`] for paths that reach it.
 pub fn tree_path() -> impl Strategy<Value = GuestPath> {
     vec(select(&TREE_NAMES[..]), 1..=4).prop_map(|names| path_from_names(&names))
 }
@@ -144,14 +150,17 @@ enum EntrySpec {
 }
 
 fn target_spec() -> impl Strategy<Value = TargetSpec> {
-    let relative = vec(select(&TREE_NAMES[..]), 1..=3).prop_map(|names| names.join("/"));
+    let relative_name = prop_oneof![3 => select(&TREE_NAMES[..]), 1 => Just("..")];
+    let relative = vec(relative_name, 1..=4).prop_map(|names| names.join("/"));
     let absolute = tree_path().prop_map(|path| path.as_str().to_owned());
     prop_oneof![
         1 => Just(TargetSpec::Itself),
         3 => select(&HOSTILE_TARGETS[..]).prop_map(|target| TargetSpec::Text(target.to_owned())),
         3 => relative.prop_map(TargetSpec::Text),
         2 => absolute.prop_map(TargetSpec::Text),
-        1 => (1..8usize).prop_map(|depth| TargetSpec::Text(format!("{}root/.ssh", "../".repeat(depth)))),
+        1 => (1..8usize).prop_map(|depth| {
+            TargetSpec::Text(format!("{}root/.ssh", "../".repeat(depth)))
+        }),
     ]
 }
 
@@ -175,7 +184,7 @@ fn entry_spec() -> impl Strategy<Value = EntrySpec> {
 /// themselves, relative and absolute paths between the tree's own names (which make longer
 /// loops), and dangling targets.
 pub fn guest_tree() -> impl Strategy<Value = MemFs> {
-    vec((tree_path(), entry_spec()), 0..24).prop_map(|entries| {
+    vec((tree_path(), entry_spec()), 0..=24).prop_map(|entries| {
         let mut fs = MemFs::new();
         fs.add_file("/etc/shadow", "root:*:19800:0:99999:7:::\n", 0o640, 0, 42)
             .add_dir("/root", 0o700, 0, 0);
@@ -184,6 +193,35 @@ pub fn guest_tree() -> impl Strategy<Value = MemFs> {
         }
         fs
     })
+}
+
+/// Generates a [`guest_tree`] with a path into it: the path of one of its nodes, most
+/// often a symlink, with one more name from [`TREE_NAMES`] half of the time, so that the
+/// path ends at or passes through the node.
+pub fn guest_tree_and_path() -> impl Strategy<Value = (MemFs, GuestPath)> {
+    let extra_name = proptest::option::of(select(&TREE_NAMES[..]));
+    (guest_tree(), any::<Index>(), any::<bool>(), extra_name).prop_map(
+        |(fs, at, prefer_symlink, extra_name)| {
+            let snapshot = fs.snapshot();
+            let all: Vec<&GuestPath> = snapshot.keys().filter(|path| !path.is_root()).collect();
+            let symlinks: Vec<&GuestPath> = snapshot
+                .iter()
+                .filter(|(_, node)| matches!(node.kind, MemNodeKind::Symlink(_)))
+                .map(|(path, _)| path)
+                .collect();
+            let pool = if prefer_symlink && !symlinks.is_empty() {
+                symlinks
+            } else {
+                all
+            };
+            let node_path = pool[at.index(pool.len())].clone();
+            let path = match extra_name {
+                Some(name) => node_path.join(name).expect("tree names are valid"),
+                None => node_path,
+            };
+            (fs, path)
+        },
+    )
 }
 
 fn node_from_spec(path: &GuestPath, spec: EntrySpec) -> MemNode {
