@@ -7,13 +7,20 @@
 //!
 //! A backend's test file runs every check as its own test with [`crate::conformance_tests!`]:
 //!
-//! ```ignore
+//! ```
 //! testkit::conformance_tests!(Box::new(testkit::MemFs::debian_like()));
-//! // For a backend that needs root:
-//! testkit::conformance_tests!(
-//!     #[ignore = "needs root; run by cargo xtask integration"]
-//!     open_fresh_image()
-//! );
+//!
+//! // A backend that needs root marks every test with an attribute before the expression.
+//! mod needs_root {
+//! #   fn open_fresh_image() -> Box<dyn vfs_core::GuestFs> {
+//! #       Box::new(testkit::MemFs::debian_like())
+//! #   }
+//!     testkit::conformance_tests!(
+//!         #[ignore = "needs root; run by cargo xtask integration"]
+//!         open_fresh_image()
+//!     );
+//! }
+//! # fn main() {}
 //! ```
 //!
 //! [`run_all`] runs them in one test instead.
@@ -50,13 +57,17 @@ pub fn run_check(mut fs: Box<dyn GuestFs>, check: Check) {
 /// Expands to one `#[test]` per conformance check, each opening a fresh filesystem with
 /// the expression `$open` (of type `Box<dyn GuestFs>`) and closing it at the end.
 ///
-/// Attributes written before the expression, such as `#[ignore = "needs root"]`, are put
-/// on every test. Call it inside a module of its own when the check names could clash
-/// with other tests.
+/// An `#[ignore = "REASON"]` written before the expression is put on every test. Call the
+/// macro inside a module of its own when the check names could clash with other tests.
 #[macro_export]
 macro_rules! conformance_tests {
-    ($(#[$attr:meta])* $open:expr) => {
-        $crate::__with_conformance_checks!(($crate::__conformance_test_fns) [$(#[$attr])*] ($open));
+    (#[ignore = $reason:literal] $open:expr) => {
+        $crate::__with_conformance_checks!(
+            ($crate::__conformance_test_fns) [#[ignore = $reason]] ($open)
+        );
+    };
+    ($open:expr) => {
+        $crate::__with_conformance_checks!(($crate::__conformance_test_fns) [] ($open));
     };
 }
 

@@ -24,8 +24,8 @@ nogroup:x:65534:
 alice:x:1000:
 ";
 
-/// The `/etc/shadow` of [`MemFs::debian_like`]. Root has no password (`*`), as after a
-/// Debian install that set none, and alice has a yescrypt hash.
+/// The `/etc/shadow` of [`MemFs::debian_like`]. Root's password field is `*`, so root has
+/// no usable password, and alice has a yescrypt-style hash.
 pub const SHADOW: &str = "\
 root:*:19800:0:99999:7:::
 daemon:*:19800:0:99999:7:::

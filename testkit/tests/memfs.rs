@@ -38,7 +38,7 @@ impl Read for FailingReader {
 }
 
 #[test]
-fn write_past_capacity_is_no_space_and_keeps_old() {
+fn write_past_capacity_is_no_space() {
     let mut fs = MemFs::with_capacity(10);
     fs.add_file("/f", "abcd", 0o644, 0, 0);
 
