@@ -355,22 +355,25 @@ pub struct BuildReport {
     pub elapsed: Duration,
 }
 
-/// Builds every image that is missing, tiny ones first, and reports each.
-pub fn build_all() -> Result<Vec<BuildReport>> {
-    type Builder = fn() -> Result<TestImage>;
-    let builders: [(&'static str, Builder); 8] = [
-        ("tiny_whole_ext4", tiny_whole_ext4),
-        ("tiny_gpt_raw", tiny_gpt_raw),
-        ("tiny_gpt_qcow2", tiny_gpt_qcow2),
-        ("tiny_mbr_boot_first", tiny_mbr_boot_first),
-        ("gpt_raw", gpt_raw),
-        ("gpt_qcow2", gpt_qcow2),
-        ("whole_ext4", whole_ext4),
-        ("mbr_boot_first", mbr_boot_first),
-    ];
+/// A function that returns one test image, building it when missing.
+pub type Builder = fn() -> Result<TestImage>;
 
-    let mut reports = Vec::with_capacity(builders.len());
-    for (name, builder) in builders {
+/// Every image builder with its name, tiny images first.
+pub const BUILDERS: [(&str, Builder); 8] = [
+    ("tiny_whole_ext4", tiny_whole_ext4),
+    ("tiny_gpt_raw", tiny_gpt_raw),
+    ("tiny_gpt_qcow2", tiny_gpt_qcow2),
+    ("tiny_mbr_boot_first", tiny_mbr_boot_first),
+    ("gpt_raw", gpt_raw),
+    ("gpt_qcow2", gpt_qcow2),
+    ("whole_ext4", whole_ext4),
+    ("mbr_boot_first", mbr_boot_first),
+];
+
+/// Builds every image that is missing, in the order of [`BUILDERS`], and reports each.
+pub fn build_all() -> Result<Vec<BuildReport>> {
+    let mut reports = Vec::with_capacity(BUILDERS.len());
+    for (name, builder) in BUILDERS {
         let started = Instant::now();
         let image = builder()?;
         reports.push(BuildReport {
