@@ -118,6 +118,9 @@ type EventCallback = extern "C" fn(
     array_len: usize,
 );
 
+/// `guestfs_error_handler_cb` from `guestfs.h`.
+type ErrorHandler = extern "C" fn(g: *mut GuestfsH, opaque: *mut c_void, msg: *const c_char);
+
 const EVENT_APPLIANCE: u64 = 0x0010;
 const EVENT_LIBRARY: u64 = 0x0020;
 const EVENT_TRACE: u64 = 0x0040;
@@ -129,6 +132,7 @@ extern "C" {
     fn guestfs_close(g: *mut GuestfsH);
     fn guestfs_last_error(g: *mut GuestfsH) -> *const c_char;
     fn guestfs_last_errno(g: *mut GuestfsH) -> c_int;
+    fn guestfs_set_error_handler(g: *mut GuestfsH, cb: Option<ErrorHandler>, opaque: *mut c_void);
     fn guestfs_set_event_callback(
         g: *mut GuestfsH,
         cb: EventCallback,
@@ -245,6 +249,11 @@ impl Appliance {
             });
         }
         let appliance = Self { handle };
+
+        // Every error is returned to the caller, who decides whether it matters (most
+        // lookups of missing files are expected), so libguestfs must not print them too.
+        // SAFETY: the handle is valid; a NULL handler turns printing off.
+        unsafe { guestfs_set_error_handler(appliance.handle, None, ptr::null_mut()) };
 
         let events = EVENT_APPLIANCE | EVENT_LIBRARY | EVENT_TRACE | EVENT_WARNING;
         // SAFETY: the handle is valid; forward_event is an `extern "C"` function matching

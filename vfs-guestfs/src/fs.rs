@@ -299,15 +299,10 @@ fn metadata_from(stat: Stat) -> Metadata {
     }
 }
 
-fn check_mode(op: &'static str, path: &GuestPath, mode: u32) -> Result<()> {
-    if mode > 0o7777 {
-        return Err(VfsError::Backend {
-            op,
-            path: path.clone(),
-            message: format!("mode {mode:#o} has bits beyond 0o7777"),
-        });
-    }
-    Ok(())
+/// Keeps only the permission bits (setuid, setgid, sticky and rwx), dropping file-type
+/// bits a caller may pass along from a full `st_mode`.
+fn permission_bits(mode: u32) -> u32 {
+    mode & 0o7777
 }
 
 impl<H: GuestfsHandle> GuestFs for GuestfsFs<H> {
@@ -399,7 +394,7 @@ impl<H: GuestfsHandle> GuestFs for GuestfsFs<H> {
     }
 
     fn create_dir_all(&mut self, path: &GuestPath, mode: u32) -> Result<()> {
-        check_mode("create_dir_all", path, mode)?;
+        let mode = permission_bits(mode);
         for ancestor in path.ancestors_from_root().iter().skip(1) {
             match self.handle().statns(ancestor.as_str()) {
                 Ok(stat) if stat.is_dir() => continue,
@@ -421,7 +416,7 @@ impl<H: GuestfsHandle> GuestFs for GuestfsFs<H> {
         contents: &mut dyn Read,
         create_mode: u32,
     ) -> Result<u64> {
-        check_mode("write_file", path, create_mode)?;
+        let create_mode = permission_bits(create_mode);
         let target = self.resolve_target("write_file", path)?;
         self.check_mounted(path, &target.path)?;
         match target.existing {
@@ -457,7 +452,7 @@ impl<H: GuestfsHandle> GuestFs for GuestfsFs<H> {
     }
 
     fn append_file(&mut self, path: &GuestPath, data: &[u8], create_mode: u32) -> Result<()> {
-        check_mode("append_file", path, create_mode)?;
+        let create_mode = permission_bits(create_mode);
         let target = self.resolve_target("append_file", path)?;
         self.check_mounted(path, &target.path)?;
         let failed = |error| vfs_error("append_file", path, error);
@@ -487,7 +482,7 @@ impl<H: GuestfsHandle> GuestFs for GuestfsFs<H> {
     }
 
     fn set_mode(&mut self, path: &GuestPath, mode: u32) -> Result<()> {
-        check_mode("set_mode", path, mode)?;
+        let mode = permission_bits(mode);
         let resolved = self.resolve_existing("set_mode", path)?;
         self.check_mounted(path, &resolved)?;
         self.handle()
