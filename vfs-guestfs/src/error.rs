@@ -8,7 +8,7 @@ use vfs_core::{GuestPath, VfsError};
 
 use crate::handle::HandleError;
 
-/// What to check when the appliance does not start.
+/// The checks suggested when the appliance does not start.
 const LAUNCH_HINT: &str = "check that a kernel under /boot is readable by this user \
     (supermin builds the appliance from it), that KVM is usable or TCG is forced \
     (LIBGUESTFS_BACKEND_SETTINGS=force_tcg), and run libguestfs-test-tool for the full log";
@@ -48,10 +48,11 @@ pub enum GuestfsError {
         source: HandleError,
     },
     /// Listing the partitions or filesystems of the image failed.
-    #[error("listing the {what} of {image} failed")]
+    #[error("listing the {items} of {image} failed")]
     Listing {
         image: PathBuf,
-        what: &'static str,
+        /// `partitions` or `filesystems`.
+        items: &'static str,
         #[source]
         source: HandleError,
     },
@@ -62,12 +63,12 @@ pub enum GuestfsError {
         number: u32,
         found: String,
     },
-    /// The chosen device holds no filesystem that can be mounted.
-    #[error("{device} in {image} holds no filesystem{detail}; choose another partition")]
+    /// The chosen device contains no filesystem that can be mounted.
+    #[error("{device} in {image} contains no filesystem{detail}; choose another partition")]
     NoFilesystem {
         image: PathBuf,
         device: String,
-        /// Empty, or what was found instead, such as ` (it holds swap)`.
+        /// Empty, or the type found instead, such as ` (it contains swap)`.
         detail: String,
     },
     /// No filesystem has the requested label or UUID.

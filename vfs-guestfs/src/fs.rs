@@ -1,11 +1,11 @@
 //! [`GuestfsFs`]: the [`GuestFs`] operations mapped onto libguestfs calls.
 //!
 //! Paths are resolved inside the appliance, whose daemon runs each file call chrooted into
-//! the guest root, so the kernel resolves symlinks as the guest would see them. Where a
-//! call needs a resolved path (a write beneath a mount point that failed to mount, the
-//! directory of a temporary file, `ln_s`, which runs outside the chroot), the path is
-//! resolved first with `realpath` for the existing part and `readlink` for a last name that
-//! is a symlink.
+//! the guest root, so the kernel resolves symlinks as the guest would see them. Some steps
+//! need the resolved path itself: the check for a write beneath a mount point that failed
+//! to mount, the directory of a temporary file, and `ln_s`, which runs outside the chroot.
+//! For those the path is resolved first, with `realpath` for the existing part and
+//! `readlink` for a last name that is a symlink.
 
 use std::io::{self, Read};
 
@@ -40,7 +40,8 @@ pub struct GuestfsFs<H: GuestfsHandle = Appliance> {
     temp_counter: u64,
 }
 
-/// Where a path leads once every symlink on the way, the last name included, is followed.
+/// The destination of a path once every symlink on the way, the last name included, is
+/// followed.
 #[derive(Debug)]
 struct Target {
     /// The resolved path; its directory exists.
@@ -333,7 +334,7 @@ impl<H: GuestfsHandle> GuestFs for GuestfsFs<H> {
             .ok_or_else(|| VfsError::Backend {
                 op: "fs_type",
                 path: path.clone(),
-                message: "no mounted filesystem holds this path".to_owned(),
+                message: "no mounted filesystem contains this path".to_owned(),
             })
     }
 
@@ -432,7 +433,7 @@ impl<H: GuestfsHandle> GuestFs for GuestfsFs<H> {
         let name = name.to_owned();
 
         // Write a temporary file beside the target and rename it over the target, so the
-        // target holds either the old or the new contents, never a part.
+        // target has either the old or the new contents, never a part.
         let temp = self.temp_path("write_file", &dir, &name)?;
         self.handle()
             .write(temp.as_str(), &[])
@@ -514,9 +515,10 @@ impl<H: GuestfsHandle> GuestFs for GuestfsFs<H> {
                 message: "the symlink target is empty".to_owned(),
             });
         }
-        // ln_s runs outside the chroot on /sysroot plus the link name, so the directory
-        // must already be resolved inside the guest, and the name must be free: `ln -s`
-        // would put the link inside a directory that a symlink of that name points to.
+        // ln_s runs `ln -s` outside the chroot on /sysroot plus the link name, so the
+        // directory must already be resolved inside the guest. The name must also be free,
+        // because `ln -s` puts the link inside a directory that a symlink of that name
+        // points to.
         let parent = link.parent().unwrap_or_else(GuestPath::root);
         let parent = self.resolve_existing("symlink", &parent)?;
         let resolved = parent.join(name)?;

@@ -5,9 +5,11 @@
 //! follow the libguestfs calls of the same name, so the libguestfs documentation applies.
 //! Every call that takes a guest path runs inside the appliance with the guest root as its
 //! root (the daemon's `chroot` into `/sysroot`), so symlinks in the path resolve inside the
-//! guest, except [`GuestfsHandle::ln_s`], whose link name is prefixed with `/sysroot` and is
-//! resolved in the appliance: callers pass it a link name whose directory is already
-//! resolved.
+//! guest. The exception is [`GuestfsHandle::ln_s`]: the daemon prefixes its link name with
+//! `/sysroot` and resolves it in the appliance, so callers pass a link name whose directory
+//! is already resolved. The libguestfs daemon sources show which calls chroot, and the
+//! integration tests check the result through guest symlinks to `/etc`, which the
+//! appliance has too.
 
 use std::fmt;
 use std::path::Path;

@@ -2,11 +2,11 @@
 //! appliance, so the host kernel never parses the guest's filesystems.
 //!
 //! [`open`] creates a libguestfs handle, applies the backend settings, adds the image with
-//! its declared format (libguestfs never probes it), launches the appliance once, and mounts
-//! the filesystem the request names: the whole disk for `none`, `/dev/sdaN` for a number,
-//! the filesystem with a matching label or UUID, or, for `auto`, the one operating system
-//! that inspection finds with the filesystems its fstab lists. [`check_launch`] does a
-//! test launch.
+//! its declared format (libguestfs never probes it) and launches the appliance once. Then it
+//! mounts the filesystem the request names: the whole disk for `none`, `/dev/sdaN` for a
+//! number, the filesystem with a matching label or UUID, or, for `auto`, the root of the one
+//! operating system that inspection finds with the filesystems its fstab lists.
+//! [`check_launch`] does a test launch.
 //!
 //! # Bindings
 //!

@@ -17,7 +17,7 @@ const ACCELERATION_SETTINGS: [&str; 2] = ["force_tcg", "force_kvm"];
 /// A filesystem mounted in the appliance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Mounted {
-    /// Where it is mounted in the guest tree.
+    /// The mount point in the guest tree.
     pub mount_point: GuestPath,
     /// The libguestfs mountable, such as `/dev/sda2`.
     pub device: String,
@@ -39,8 +39,8 @@ pub(crate) struct MountTable {
 ///
 /// The settings from `LIBGUESTFS_BACKEND_SETTINGS` were read when the handle was created and
 /// stay in place; these are added to them. TCG is the default because KVM, even where
-/// `/dev/kvm` exists, can abort qemu or hang the appliance on some hosts, and that cannot be
-/// detected without a launch; `force_kvm` in the settings selects KVM.
+/// `/dev/kvm` exists, can abort qemu or hang the appliance on some hosts. Only a launch
+/// would show that, so `force_kvm` in the settings is how a caller selects KVM.
 pub(crate) fn apply_backend_settings<H: GuestfsHandle>(
     handle: &mut H,
     settings: &[String],
@@ -154,7 +154,7 @@ fn choose_device<H: GuestfsHandle>(
                 .list_partitions()
                 .map_err(|source| GuestfsError::Listing {
                     image: image.to_owned(),
-                    what: "partitions",
+                    items: "partitions",
                     source,
                 })?;
             let device = format!("/dev/sda{number}");
@@ -185,7 +185,7 @@ fn find_by_label_or_uuid<H: GuestfsHandle>(
         .list_filesystems()
         .map_err(|source| GuestfsError::Listing {
             image: image.to_owned(),
-            what: "filesystems",
+            items: "filesystems",
             source,
         })?;
 
@@ -241,7 +241,7 @@ fn mountable_type<H: GuestfsHandle>(
     match handle.vfs_type(device) {
         Ok(fs_type) if is_mountable_type(&fs_type) => Ok(fs_type),
         Ok(fs_type) if fs_type.is_empty() => Err(no_filesystem(String::new())),
-        Ok(fs_type) => Err(no_filesystem(format!(" (it holds {fs_type})"))),
+        Ok(fs_type) => Err(no_filesystem(format!(" (it contains {fs_type})"))),
         Err(error) => Err(no_filesystem(format!(" ({})", error.message))),
     }
 }

@@ -1,8 +1,9 @@
 //! Tests of the guestfs backend on real images in a real libguestfs appliance.
 //!
-//! Each launch takes about 20 s under TCG, so the tests launch few appliances: one runs the
-//! whole conformance suite and a few backend checks on one handle, one opens an MBR disk by
-//! inspection, one opens read-only by label, and one does the test launch. Results are
+//! Each launch takes about 20 s under TCG, so the tests launch few appliances. One runs the
+//! whole conformance suite and a few backend checks on one handle. The others open an MBR
+//! disk by inspection, open read-only by label, fail on a missing partition, and do the
+//! test launch. Results are
 //! checked after close with `debugfs`, independently of libguestfs, and every test checks
 //! that no qemu process outlives it. A lock runs the tests one at a time, because the leak
 //! check counts every qemu process this test binary started.
@@ -15,7 +16,8 @@ use vfs_core::image::{PartitionSelector, ResolvedImage, SettingSource};
 use vfs_core::registry::OpenOptions;
 use vfs_core::{FileKind, GuestFs, GuestPath, VfsError};
 
-/// Serialises the tests: one appliance at a time, and a leak check that sees only its own.
+/// Serialises the tests, so one appliance runs at a time and each leak check finds only
+/// its own test's processes.
 static APPLIANCE: Mutex<()> = Mutex::new(());
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {

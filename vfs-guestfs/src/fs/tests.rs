@@ -67,7 +67,7 @@ fn expect_existing_shadow(handle: &mut MockGuestfsHandle) {
 }
 
 #[test]
-fn write_failing_halfway_removes_temp_and_keeps_old_file() {
+fn failed_append_removes_temp_file() {
     let mut handle = MockGuestfsHandle::new();
     expect_existing_shadow(&mut handle);
     handle.expect_write().times(1).returning(|_, _| Ok(()));
@@ -411,7 +411,7 @@ fn read_file_over_limit_is_too_large() {
 }
 
 #[test]
-fn create_dir_all_sets_exact_mode_and_root_owner() {
+fn new_dir_gets_exact_mode() {
     let mut handle = MockGuestfsHandle::new();
     handle
         .expect_statns()
@@ -450,7 +450,7 @@ fn create_dir_all_sets_exact_mode_and_root_owner() {
 }
 
 #[test]
-fn create_dir_all_through_file_is_not_a_directory() {
+fn dir_through_file_is_rejected() {
     let mut handle = MockGuestfsHandle::new();
     handle
         .expect_statns()
