@@ -1,12 +1,14 @@
 //! The `localmount` backend: opens a guest filesystem by mounting it on the host, and
 //! reaches every guest file only through descriptors confined to the guest root.
 //!
-//! [`tree::RootedTree`] implements the file operations on any host directory; the backend
-//! attaches the image, mounts its filesystems and hands the mounted root to a tree.
+//! [`RootedTree`] implements the file operations on any host directory; [`ImageLock`]
+//! keeps a running qemu and this backend from using one image at once.
 
+mod lock;
 mod sys;
-pub mod tree;
+mod tree;
 
+pub use lock::{ImageLock, LockError, Permission};
 pub use tree::RootedTree;
 
 /// The name this backend is registered under.

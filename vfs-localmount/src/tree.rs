@@ -57,9 +57,8 @@ pub struct RootedTree {
     root: OwnedFd,
     /// The filesystems that make up the tree, root first.
     mounts: Vec<TreeMount>,
-    /// Mount points whose filesystem is not mounted, each covered by an empty placeholder
-    /// filesystem.
-    unmounted: Vec<Placeholder>,
+    /// Mount points whose filesystem is not mounted.
+    unmounted: Vec<Unmounted>,
 }
 
 /// One filesystem of the tree and the device number that identifies its files.
@@ -69,11 +68,13 @@ struct TreeMount {
     dev: u64,
 }
 
-/// A mount point covered by a placeholder, identified by the placeholder's device number.
+/// A guest mount point whose filesystem is not mounted.
 #[derive(Debug)]
-struct Placeholder {
+struct Unmounted {
     mount_point: GuestPath,
-    dev: u64,
+    /// The device number of the empty placeholder filesystem covering the mount point, or
+    /// `None` when the mount point directory is missing, so nothing could cover it.
+    placeholder_dev: Option<u64>,
 }
 
 /// A resolved object: an `O_PATH` descriptor and its status.
@@ -183,18 +184,25 @@ impl RootedTree {
         Ok(())
     }
 
-    /// Records that the caller covered `mount_point` with an empty placeholder filesystem
-    /// because the filesystem the guest mounts there is missing. Paths beneath it then fail
-    /// with [`VfsError::NotMounted`].
+    /// Records that the guest mounts a filesystem on `mount_point` that is not mounted here.
+    /// Writes beneath it then fail with [`VfsError::NotMounted`], because they would land
+    /// on the filesystem underneath and be hidden when the guest mounts its own.
     ///
-    /// The placeholder must be a filesystem of its own: the tree recognises paths beneath it
-    /// by device number, which is race-free however the guest's symlinks change.
-    pub fn record_unmounted(&mut self, mount_point: &GuestPath) -> Result<()> {
-        let fd = self.open_dir(mount_point)?;
-        let dev = fstat(&fd, "recording unmounted mount point", mount_point)?.st_dev;
-        self.unmounted.push(Placeholder {
+    /// With `covered`, the caller has mounted an empty placeholder filesystem on the mount
+    /// point, and the tree recognises every file beneath it by the placeholder's device
+    /// number, however the guest's symlinks lead there. Without it, the mount point
+    /// directory is missing, and the tree rejects creating it or anything beneath it, by the
+    /// symlink-free path each walk computes.
+    pub fn record_unmounted(&mut self, mount_point: &GuestPath, covered: bool) -> Result<()> {
+        let placeholder_dev = if covered {
+            let fd = self.open_dir(mount_point)?;
+            Some(fstat(&fd, "recording unmounted mount point", mount_point)?.st_dev)
+        } else {
+            None
+        };
+        self.unmounted.push(Unmounted {
             mount_point: mount_point.clone(),
-            dev,
+            placeholder_dev,
         });
         Ok(())
     }
@@ -289,6 +297,10 @@ impl RootedTree {
                 }
                 _ => {}
             }
+            if !self.unmounted.is_empty() {
+                let next = path_of(&walked)?.join(&name)?;
+                self.check_walked_path(path, &next)?;
+            }
             let dir = walked
                 .last()
                 .map_or(self.root.as_fd(), |(_, fd)| fd.as_fd());
@@ -321,12 +333,7 @@ impl RootedTree {
             }
         }
 
-        let walked_path = if walked.is_empty() {
-            GuestPath::root()
-        } else {
-            let names: Vec<&str> = walked.iter().map(|(name, _)| name.as_str()).collect();
-            GuestPath::new(&format!("/{}", names.join("/")))?
-        };
+        let walked_path = path_of(&walked)?;
         let fd = match walked.pop() {
             Some((_, fd)) => fd,
             None => self
@@ -383,6 +390,7 @@ impl RootedTree {
             };
             let dir = self.walk_dir(op, &parent, &mut follows, Missing::Fail)?;
             self.check_mounted(path, fstat(&dir.fd, op, path)?.st_dev)?;
+            self.check_walked_path(path, &dir.path.join(name)?)?;
 
             let stat = match nix::sys::stat::fstatat(&dir.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(stat) => stat,
@@ -421,19 +429,36 @@ impl RootedTree {
         let mut follows = 0;
         let dir = self.walk_dir(op, &parent, &mut follows, Missing::Fail)?;
         self.check_mounted(path, fstat(&dir.fd, op, path)?.st_dev)?;
+        self.check_walked_path(path, &dir.path.join(name)?)?;
         Ok((dir, name.to_owned()))
     }
 
     /// Fails with [`VfsError::NotMounted`] when `dev` is a placeholder's device.
     fn check_mounted(&self, path: &GuestPath, dev: u64) -> Result<()> {
-        match self
+        let found = self
             .unmounted
             .iter()
-            .find(|placeholder| placeholder.dev == dev)
-        {
-            Some(placeholder) => Err(VfsError::NotMounted {
+            .find(|unmounted| unmounted.placeholder_dev == Some(dev));
+        match found {
+            Some(unmounted) => Err(VfsError::NotMounted {
                 path: path.clone(),
-                mount_point: placeholder.mount_point.clone(),
+                mount_point: unmounted.mount_point.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Fails with [`VfsError::NotMounted`] when the symlink-free guest path `walked` lies
+    /// beneath an unmounted mount point.
+    fn check_walked_path(&self, path: &GuestPath, walked: &GuestPath) -> Result<()> {
+        let found = self
+            .unmounted
+            .iter()
+            .find(|unmounted| walked.starts_with(&unmounted.mount_point));
+        match found {
+            Some(unmounted) => Err(VfsError::NotMounted {
+                path: path.clone(),
+                mount_point: unmounted.mount_point.clone(),
             }),
             None => Ok(()),
         }
@@ -894,6 +919,15 @@ fn temp_name() -> String {
     let value =
         RandomState::new().hash_one((COUNTER.fetch_add(1, Ordering::Relaxed), std::process::id()));
     format!(".guest-inject-{value:016x}.tmp")
+}
+
+/// Returns the guest path of the directories a walk holds.
+fn path_of(walked: &[(String, OwnedFd)]) -> Result<GuestPath> {
+    if walked.is_empty() {
+        return Ok(GuestPath::root());
+    }
+    let names: Vec<&str> = walked.iter().map(|(name, _)| name.as_str()).collect();
+    Ok(GuestPath::new(&format!("/{}", names.join("/")))?)
 }
 
 /// Gives `new` the owner, extended attributes and mode of `old`.

@@ -532,3 +532,27 @@ fn swapped_dir_and_link_never_reach_host() {
     assert_eq!(fs::read(in_guest).unwrap(), b"key\n");
     host.assert_untouched();
 }
+
+// ----- unmounted mount points -----
+
+#[test]
+fn missing_mount_point_rejects_writes_beneath() {
+    let mut t = TempTree::new();
+    let boot = guest("/boot");
+    t.tree.record_unmounted(&boot, false).unwrap();
+    symlink("/boot/grub", t.host("/root/grub-link")).unwrap();
+
+    let created = t.tree.create_dir_all(&guest("/boot/grub"), 0o755);
+    let written = write(&mut t.tree, "/boot/config", b"x");
+    let through_link = write(&mut t.tree, "/root/grub-link/grub.cfg", b"x");
+    let outside = write(&mut t.tree, "/bootstrap", b"x");
+
+    for result in [&created.map(|_| 0), &written, &through_link] {
+        assert!(
+            matches!(result, Err(VfsError::NotMounted { mount_point, .. }) if *mount_point == boot),
+            "{result:?}"
+        );
+    }
+    assert!(outside.is_ok(), "{outside:?}");
+    assert!(!t.host("/boot").exists());
+}
