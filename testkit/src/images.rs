@@ -232,7 +232,7 @@ impl TestImage {
     }
 }
 
-/// Returns the directory that holds the cached images: `GUEST_INJECT_IMAGE_DIR` when set,
+/// Returns the directory that contains the cached images: `GUEST_INJECT_IMAGE_DIR` when set,
 /// otherwise `target/test-images` in the workspace.
 pub fn image_dir() -> PathBuf {
     match std::env::var_os(IMAGE_DIR_ENV) {

@@ -75,7 +75,7 @@ fn apt_get() -> Command {
 
 /// Returns the packages of `packages` that dpkg does not list as installed.
 fn missing_packages<'a>(packages: &[&'a str]) -> Result<Vec<&'a str>, TaskError> {
-    // dpkg-query exits with status 1 when it knows nothing of a package, which here only
+    // dpkg-query exits with status 1 when it has no record of a package, which here only
     // means the package is missing, so the status is not checked.
     let output = Command::new("dpkg-query")
         .args([

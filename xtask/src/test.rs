@@ -75,7 +75,10 @@ fn warm_appliance() -> Result<(), TaskError> {
         .envs(LIBGUESTFS_ENV)
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_for_stderr));
-    eprintln!("(output in {})", log_path.display());
+    eprintln!(
+        "warming the libguestfs appliance, output in {}",
+        log_path.display()
+    );
     let result = run_command(&mut command);
     if result.is_err() {
         let text = fs::read_to_string(&log_path).unwrap_or_default();

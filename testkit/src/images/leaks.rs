@@ -92,10 +92,11 @@ impl fmt::Display for Leaks {
     }
 }
 
-/// Lists what is still attached for the images under `dir`: loop devices whose backing
-/// file is under `dir`, mounts whose mount point or source is under `dir` or is one of
-/// those loop devices, and helper processes that descend from this process or name
-/// `dir` on their command line.
+/// Lists what is still attached for the images under `dir`.
+///
+/// That is loop devices whose backing file is under `dir`, and mounts whose mount point
+/// or source is under `dir` or is one of those loop devices. It also lists helper
+/// processes that descend from this process or name `dir` on their command line.
 ///
 /// Descendants of this process count whichever thread started them, so tests that start
 /// helpers and check for leaks must not run in parallel (`--test-threads=1`).
@@ -328,8 +329,8 @@ fn system_error(path: &Path, source: std::io::Error) -> TestImageError {
 mod tests {
     use super::*;
 
-    /// Serialises the tests that start helper-like children: [`leak_check`] sees every
-    /// child of the test process, whichever test started it.
+    /// Serialises the tests that start helper-like children, because [`leak_check`]
+    /// reports every child of the test process, whichever test started it.
     static CHILDREN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     #[test]
@@ -367,8 +368,8 @@ mod tests {
     fn leak_check_finds_child_helper_process() {
         let _children = CHILDREN.lock().unwrap_or_else(|poison| poison.into_inner());
         let dir = tempfile::tempdir().unwrap();
-        // `sleep` started through a link named like a helper stands in for a forgotten
-        // qemu-nbd: its argv[0] is the link's path.
+        // `sleep`, started through a link named like a helper, plays a forgotten
+        // qemu-nbd, because its argv[0] is the link's path.
         let helper = dir.path().join("qemu-nbd");
         std::os::unix::fs::symlink("/bin/sleep", &helper).unwrap();
         let mut child = std::process::Command::new(&helper)

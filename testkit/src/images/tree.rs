@@ -17,7 +17,7 @@ const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 /// The group ID of `shadow` on Debian, which owns `/etc/shadow` and `/etc/gshadow`.
 const SHADOW_GID: u32 = 42;
 
-/// Which root tree an image holds.
+/// The root tree of an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Tree {
     /// `debootstrap --variant=minbase bookworm`.
@@ -138,8 +138,8 @@ const BOOT: &[Entry] = &[
     ),
 ];
 
-/// A tree staged for one filesystem, removed on drop; [`StagedTree::remove`] reports
-/// errors.
+/// A tree staged for one filesystem. Drop removes it, and [`StagedTree::remove`] does
+/// the same but reports errors.
 #[derive(Debug)]
 pub(super) struct StagedTree {
     path: PathBuf,
