@@ -2,6 +2,7 @@
 //! `qemu-img`, independently of the builders' own inspection code where it matters.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
@@ -251,4 +252,39 @@ fn debugfs_stat_at_wrong_offset_fails() {
         "{err}"
     );
     assert!(err.to_string().contains("Bad magic number"), "{err}");
+}
+
+/// Runs a host command that must succeed and returns its stdout.
+fn run_ok(program: &str, args: &[&OsStr]) -> String {
+    let output = Command::new(program).args(args).output().unwrap();
+    assert!(output.status.success(), "{program} failed: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+#[ignore = "needs root and loop devices; run by cargo xtask integration"]
+fn leak_check_finds_loop_device_and_mount() {
+    let image = tiny_whole_ext4().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = image.fresh_copy(dir.path()).unwrap();
+    let mount_point = dir.path().join("mnt");
+    fs::create_dir(&mount_point).unwrap();
+    let device = run_ok(
+        "losetup",
+        &["--find".as_ref(), "--show".as_ref(), copy.path.as_os_str()],
+    );
+    let device = device.trim();
+    run_ok("mount", &[device.as_ref(), mount_point.as_os_str()]);
+
+    let attached = leak_check(dir.path());
+    run_ok("umount", &[mount_point.as_os_str()]);
+    run_ok("losetup", &["--detach".as_ref(), device.as_ref()]);
+    let released = leak_check(dir.path()).unwrap();
+
+    let attached = attached.unwrap();
+    assert_eq!(attached.loop_devices.len(), 1, "{attached}");
+    assert_eq!(attached.loop_devices[0].device, Path::new(device));
+    assert_eq!(attached.mounts.len(), 1, "{attached}");
+    assert_eq!(attached.mounts[0].source, device);
+    assert!(released.is_empty(), "{released}");
 }
