@@ -255,3 +255,11 @@ fn missing_partition_fails_and_leaves_no_qemu() {
     );
     assert_no_leaks(dir.path());
 }
+
+#[test]
+#[ignore = "needs libguestfs, supermin and a readable kernel under /boot; run by cargo xtask integration"]
+fn probe_finds_libguestfs_usable() {
+    let availability = vfs_guestfs::probe(None);
+
+    assert_eq!(availability, vfs_core::registry::Availability::Available);
+}
