@@ -36,6 +36,12 @@ fn full_request() -> Request {
     }
 }
 
+/// The password field of every other user: a SHA-512 crypt string of the usual length.
+const USER_HASH: &str = concat!(
+    "$6$abcdefgh$OMqXTmMq7oOSTXVDo2E3JgwVsSX8lXD1cLxrL0cqp0Z0qZ5ukkKmqvGL7eTMwWjD8XCHXblpSY",
+    "p1jQ4OXV4.1",
+);
+
 /// Returns a shadow file with root in the middle of `SHADOW_USERS` other users.
 fn large_shadow() -> String {
     let mut text = String::new();
@@ -43,9 +49,7 @@ fn large_shadow() -> String {
         if index == SHADOW_USERS / 2 {
             text.push_str("root:*:19800:0:99999:7:::\n");
         }
-        text.push_str(&format!(
-            "user{index}:$6$abcdefgh$OMqXTmMq7oOSTXVDo2E3JgwVsSX8lXD1cLxrL0cqp0Z0qZ5ukkKmqvGL7eTMwWjD8XCHXblpSYp1jQ4OXV4.1:19800:0:99999:7:::\n"
-        ));
+        text.push_str(&format!("user{index}:{USER_HASH}:19800:0:99999:7:::\n"));
     }
     text
 }

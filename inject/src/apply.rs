@@ -15,7 +15,7 @@ use crate::report::{ItemReport, Outcome, Report};
 /// carries the report of the items before it. A failing step of a best-effort item ends
 /// that item with a warning, and the next items still run. Every file is written with
 /// [`GuestFs::write_file`], which replaces it atomically, so each file an item touched
-/// holds either its old or its new contents. Flushing to the image is left to the caller
+/// contains either its old or its new contents. Flushing to the image is left to the caller
 /// ([`GuestFs::sync`] or [`GuestFs::close`]).
 pub fn apply(fs: &mut dyn GuestFs, plan: Plan<'_>) -> Result<Report, InjectError> {
     let mut report = Report::default();

@@ -66,7 +66,7 @@ pub(crate) fn relabel_command(ssh_dir: &str) -> String {
 ///
 /// `existing` is `None` for a missing file, which becomes `#!/bin/sh` and the command. An
 /// existing file gets `#!/bin/sh` on top only when no line starts with `#!`, so that it never
-/// holds two. The command goes before a last `exit 0`, with or without a final newline, and
+/// has two. The command goes before a last `exit 0`, with or without a final newline, and
 /// otherwise at the end.
 pub(crate) fn add_relabel_command(existing: Option<&[u8]>, command: &str) -> Option<Vec<u8>> {
     let existing = existing.unwrap_or_default();
@@ -118,7 +118,7 @@ fn last_exit_zero_offset(contents: &[u8]) -> Option<usize> {
     (String::from_utf8_lossy(line).trim() == "exit 0").then_some(offset)
 }
 
-/// Quotes `text` for a POSIX shell when it holds anything beyond a safe set of characters.
+/// Quotes `text` for a POSIX shell when it contains anything beyond a safe set of characters.
 fn shell_quote(text: &str) -> String {
     let safe = text
         .bytes()
@@ -269,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn rc_local_exit_in_middle_is_not_the_anchor() {
+    fn rc_local_inner_exit_ignored() {
         let command = relabel_command("/root/.ssh");
         let existing = b"#!/bin/sh\n[ -f /x ] || exit 0\necho done\n";
         let contents = add_relabel_command(Some(existing), &command).unwrap();

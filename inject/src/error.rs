@@ -1,5 +1,5 @@
-//! Errors of injection: [`InjectError`] says which item failed and whether anything was
-//! written, and [`ItemError`] says why.
+//! Errors of injection: [`InjectError`] names the item that failed and tells whether
+//! anything was written, and [`ItemError`] gives the cause.
 
 use std::io;
 use std::path::PathBuf;
@@ -28,14 +28,14 @@ pub enum InjectError {
         source: Box<ItemError>,
     },
     /// Applying a mandatory item failed. Items before it stay applied, and each file the
-    /// failed item touched holds either its old or its new contents.
+    /// failed item touched contains either its old or its new contents.
     #[error("injecting {item} into {target} failed; the items before it stay applied")]
     Applying {
         item: ItemKind,
         target: String,
         #[source]
         source: Box<ItemError>,
-        /// What happened to the items handled before the failure.
+        /// The outcomes of the items handled before the failure.
         report: Box<Report>,
     },
 }
@@ -59,7 +59,7 @@ impl InjectError {
     }
 }
 
-/// Why one item could not be injected.
+/// The cause of a failed item.
 #[derive(Debug, thiserror::Error)]
 pub enum ItemError {
     /// The SSH public key is malformed.

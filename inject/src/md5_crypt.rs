@@ -1,16 +1,17 @@
 //! MD5 crypt (`$1$`), the password hash of old Linux and BSD systems.
 //!
-//! The algorithm is the one Poul-Henning Kamp published for FreeBSD in 1994 and that glibc
-//! and libxcrypt implement as `$1$`: one MD5 digest mixing password, magic and salt, then
-//! 1000 rounds of MD5 over alternating password, salt and previous digest, then a fixed
-//! permutation of the 16 digest bytes written in the crypt base-64 alphabet.
+//! The algorithm is the one Poul-Henning Kamp published for FreeBSD in 1994, which glibc and
+//! libxcrypt implement as `$1$`. One MD5 digest mixes password, magic and salt. Then 1000
+//! rounds of MD5 run over alternating password, salt and previous digest. The 16 bytes of
+//! the last digest are permuted and written in the crypt base-64 alphabet.
 
 use md5::{Digest, Md5};
 
 /// The prefix that marks an MD5 crypt hash.
 pub(crate) const MAGIC: &str = "$1$";
 
-/// The longest salt MD5 crypt uses; longer salts are cut to this length, as in libxcrypt.
+/// The maximum salt length of MD5 crypt, in characters. Longer salts are cut to this
+/// length, as libxcrypt does.
 pub(crate) const MAX_SALT_LEN: usize = 8;
 
 /// The crypt(3) base-64 alphabet, shared by the MD5 and SHA crypt methods.

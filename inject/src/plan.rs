@@ -3,7 +3,7 @@
 //!
 //! Planning reads the guest files that items change, checks that parents are directories
 //! or can be created and that no target is a directory, and checks free space. Items are
-//! planned in order, and each later item sees the directories and files that earlier items
+//! planned in order, and each later item accounts for the directories and files that earlier items
 //! will create, so two items writing one path, or a file where another item needs a
 //! directory, fail here rather than halfway through [`crate::apply`].
 
@@ -87,7 +87,7 @@ impl<'r> PlannedItem<'r> {
     }
 }
 
-/// What applying an item does.
+/// The work of one planned item.
 #[derive(Debug)]
 pub(crate) enum Action<'r> {
     /// Carry out these steps in order.
@@ -273,7 +273,7 @@ fn jobs(request: &Request) -> Vec<Job<'_>> {
     jobs
 }
 
-/// What one job has planned so far.
+/// The steps and claims one job has planned so far.
 struct Draft<'r> {
     target: String,
     steps: Vec<Step<'r>>,
@@ -281,7 +281,7 @@ struct Draft<'r> {
     claims: BTreeMap<GuestPath, FileKind>,
     /// Bytes written per target path, for the free-space check.
     writes: Vec<(GuestPath, u64)>,
-    /// Why nothing needs writing, when that turns out to be so.
+    /// The reasons nothing needs writing, when that turns out to be so.
     unchanged: Vec<String>,
 }
 
@@ -321,7 +321,7 @@ impl<'r> Draft<'r> {
     }
 }
 
-/// What a target file is before the write.
+/// The state of a target file before the write.
 enum TargetState {
     Missing,
     Existing { mode: u32, size: u64 },
@@ -502,7 +502,7 @@ impl<'f> Planner<'f> {
     }
 
     /// Plans writing `contents` to `path`, creating missing parents, unless the file
-    /// already holds exactly those bytes.
+    /// already contains exactly those bytes.
     fn plan_file<'r>(
         &mut self,
         draft: &mut Draft<'r>,
@@ -564,7 +564,7 @@ impl<'f> Planner<'f> {
         Ok(())
     }
 
-    /// Checks that `path` can be written as a regular file and says whether it exists. Its
+    /// Checks that `path` can be written as a regular file and returns whether it exists. Its
     /// parent must already be checked by [`Planner::plan_dirs`].
     fn check_target(
         &mut self,
@@ -628,7 +628,7 @@ impl<'f> Planner<'f> {
     /// one has too little.
     ///
     /// Each write needs its full size even when it replaces a file, because an atomic
-    /// replace holds old and new contents at once. Files are placed by mount point, so a
+    /// replace keeps old and new contents at once. Files are placed by mount point, so a
     /// symlink to another filesystem is counted on the one holding the link.
     fn reserve_space(&mut self, writes: &[(GuestPath, u64)]) -> Result<(), ItemError> {
         let mut needed: BTreeMap<GuestPath, u64> = BTreeMap::new();

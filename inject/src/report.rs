@@ -1,5 +1,5 @@
-//! What injection did, item by item: the [`Report`] returned on success and carried by
-//! errors from applying.
+//! The outcome of injection, item by item: the [`Report`] returned on success and carried
+//! by errors from applying.
 
 use std::fmt;
 
@@ -24,15 +24,15 @@ impl Report {
 /// The outcome of one item.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ItemReport {
-    /// Which kind of item.
+    /// The kind of item.
     pub kind: ItemKind,
     /// The guest paths the item writes, separated by `, ` when there are several.
     pub target: String,
-    /// What happened.
+    /// The outcome.
     pub outcome: Outcome,
 }
 
-/// What happened to one item.
+/// The outcome of one item.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
@@ -40,7 +40,7 @@ pub enum Outcome {
     Applied,
     /// The guest already was as requested, so nothing was written.
     Unchanged {
-        /// Why nothing was written.
+        /// The reason nothing was written.
         reason: String,
     },
     /// A best-effort item failed; nothing of it was written, or its files hold either their

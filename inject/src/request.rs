@@ -1,5 +1,5 @@
-//! What the caller asks to inject: the [`Request`] and its parts, and the checks that need
-//! no guest image.
+//! The injection request: [`Request`] and its parts, and the checks that need no guest
+//! image.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -92,7 +92,7 @@ pub enum HashMethod {
     Sha512,
     /// SHA-256 crypt (`$5$`).
     Sha256,
-    /// MD5 crypt (`$1$`), for old guests whose libc knows nothing newer.
+    /// MD5 crypt (`$1$`), for old guests whose libc supports nothing newer.
     Md5,
 }
 
@@ -128,7 +128,7 @@ impl FromStr for HashMethod {
     }
 }
 
-/// Where the contents of an injected file come from.
+/// The source of an injected file's contents.
 #[derive(Clone, PartialEq, Eq)]
 pub enum FileSource {
     /// The bytes themselves.
@@ -150,9 +150,9 @@ impl fmt::Debug for FileSource {
 /// One file to write into the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileItem {
-    /// Where the file goes in the guest.
+    /// The file's path in the guest.
     pub guest_path: GuestPath,
-    /// What goes into it.
+    /// The source of its contents.
     pub source: FileSource,
 }
 

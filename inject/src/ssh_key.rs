@@ -43,7 +43,7 @@ const KEY_TYPES: &[(&str, &[BlobField])] = &[
     ),
 ];
 
-/// What one length-prefixed string of a key blob must hold.
+/// The expected contents of one length-prefixed string of a key blob.
 #[derive(Debug, Clone, Copy)]
 enum BlobField {
     /// Any non-empty contents (an mpint, a point, an application string).
@@ -83,9 +83,12 @@ impl SshPublicKey {
         let Some((_, fields)) = KEY_TYPES.iter().find(|(name, _)| *name == key_type) else {
             return Err(ItemError::InvalidSshKey {
                 reason: format!(
-                    "unknown key type {key_type:?}; expected ssh-ed25519, ecdsa-sha2-nistp256, \
-                     ecdsa-sha2-nistp384, ecdsa-sha2-nistp521, ssh-rsa, sk-ssh-ed25519@openssh.com, \
-                     sk-ecdsa-sha2-nistp256@openssh.com or ssh-dss"
+                    "unknown key type {key_type:?}; expected one of: {}",
+                    KEY_TYPES
+                        .iter()
+                        .map(|(name, _)| *name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         };
@@ -121,7 +124,7 @@ impl SshPublicKey {
         }
     }
 
-    /// Returns true when `authorized_keys` already holds this key (same type and body),
+    /// Returns true when `authorized_keys` already contains this key (same type and body),
     /// whatever its options or comment.
     pub(crate) fn is_in_authorized_keys(&self, contents: &[u8]) -> bool {
         contents
@@ -310,7 +313,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn key_found_in_authorized_keys_despite_options_and_comment() {
+    fn key_found_despite_options() {
         let key = SshPublicKey::parse(&ed25519_line(3, "new-comment")).unwrap();
         let existing = format!(
             "# admin keys\r\nno-pty,command=\"echo a b\" {}\r\n",

@@ -1,6 +1,7 @@
-//! What injection writes, checked on `testkit::MemFs` guests: the key and `authorized_keys`,
-//! the SELinux relabel in `rc.local`, `/etc/shadow`, the network and metadata files, other
-//! files with their parents, best-effort items, and that failed planning writes nothing.
+//! The files injection writes, checked on `testkit::MemFs` guests: the key and
+//! `authorized_keys`, the SELinux relabel in `rc.local`, `/etc/shadow`, the network and
+//! metadata files, other files with their parents, best-effort items, and that failed
+//! planning writes nothing.
 
 mod common;
 
@@ -130,7 +131,7 @@ fn duplicate_key_is_not_added_twice() {
 }
 
 #[test]
-fn present_key_with_other_comment_and_options_is_unchanged() {
+fn present_key_is_unchanged() {
     let mut fs = MemFs::debian_like();
     let existing = format!("no-pty {}\n", ed25519_key(1, "old-comment"));
     fs.add_dir("/root/.ssh", 0o700, 0, 0).add_file(
@@ -184,10 +185,10 @@ fn missing_passwd_fails_without_making_ssh_dir() {
         panic!("expected a planning error, got {err:?}");
     };
     assert_eq!(*item, ItemKind::Key);
-    assert!(
-        matches!(**source, ItemError::GuestFileMissing { ref path, .. } if path.as_str() == "/etc/passwd"),
-        "{source:?}"
-    );
+    let ItemError::GuestFileMissing { path, .. } = &**source else {
+        panic!("expected a missing file, got {source:?}");
+    };
+    assert_eq!(path.as_str(), "/etc/passwd");
     assert!(source.to_string().contains("/etc/passwd"), "{source}");
     assert_eq!(fs.snapshot(), before);
 }
@@ -302,7 +303,7 @@ fn existing_rc_local_wins_over_rc_d() {
 }
 
 #[test]
-fn rc_local_lines_go_before_exit_and_mode_gains_exec() {
+fn rc_local_edit_before_exit() {
     let mut fs = selinux_guest();
     fs.add_file(
         "/etc/rc.local",
@@ -488,10 +489,10 @@ fn root_missing_from_shadow_writes_nothing() {
         panic!("expected a planning error, got {err:?}");
     };
     assert_eq!(*item, ItemKind::Password);
-    assert!(
-        matches!(**source, ItemError::NoRootEntry { ref path, .. } if path.as_str() == "/etc/shadow"),
-        "{source:?}"
-    );
+    let ItemError::NoRootEntry { path, .. } = &**source else {
+        panic!("expected a missing root entry, got {source:?}");
+    };
+    assert_eq!(path.as_str(), "/etc/shadow");
     assert_eq!(fs.snapshot(), before);
 }
 
@@ -698,10 +699,10 @@ fn file_under_a_file_writes_nothing() {
     let InjectError::Planning { source, .. } = &err else {
         panic!("expected a planning error, got {err:?}");
     };
-    assert!(
-        matches!(**source, ItemError::NotADirectory { ref path } if path.as_str() == "/etc/hostname"),
-        "{source:?}"
-    );
+    let ItemError::NotADirectory { path } = &**source else {
+        panic!("expected a non-directory parent, got {source:?}");
+    };
+    assert_eq!(path.as_str(), "/etc/hostname");
     assert_eq!(fs.snapshot(), before);
 }
 

@@ -87,7 +87,7 @@ fn not_found(path: &GuestPath) -> VfsError {
 /// The paths a mocked guest wrote or created, in call order.
 type WriteLog = Arc<Mutex<Vec<String>>>;
 
-/// A small guest tree that answers the read-only calls and records writes.
+/// A small guest tree that serves the read-only calls and records writes.
 ///
 /// Tests set their own failing expectations on the mock first; mockall tries expectations
 /// in the order they were set, so the ones added by [`Guest::install`] only answer the
@@ -279,10 +279,11 @@ fn failing_shadow_read_writes_nothing() {
     let InjectError::Planning { source, .. } = &err else {
         panic!("expected a planning error, got {err:?}");
     };
-    assert!(
-        matches!(**source, ItemError::Guest { op: "reading", ref path, .. } if path.as_str() == "/etc/shadow"),
-        "{source:?}"
-    );
+    let ItemError::Guest { op, path, .. } = &**source else {
+        panic!("expected a guest error, got {source:?}");
+    };
+    assert_eq!(*op, "reading");
+    assert_eq!(path.as_str(), "/etc/shadow");
     assert!(entries(&log).is_empty(), "{:?}", entries(&log));
 }
 
@@ -483,10 +484,11 @@ fn failing_create_dir_names_the_directory() {
         panic!("expected an apply error, got {err:?}");
     };
     assert_eq!(target, "/opt/app/conf/x.cfg");
-    assert!(
-        matches!(**source, ItemError::Guest { op: "creating directory", ref path, .. } if path.as_str() == "/opt/app"),
-        "{source:?}"
-    );
+    let ItemError::Guest { op, path, .. } = &**source else {
+        panic!("expected a guest error, got {source:?}");
+    };
+    assert_eq!(*op, "creating directory");
+    assert_eq!(path.as_str(), "/opt/app");
     assert_eq!(entries(&log), ["mkdir /opt 755"]);
 }
 

@@ -251,7 +251,8 @@ proptest! {
         inject(&mut fs, &request).unwrap();
 
         prop_assert_eq!(fs.snapshot(), after_first);
-        let edited = String::from_utf8(fs.file_contents("/etc/rc.local").unwrap().to_vec()).unwrap();
+        let edited = fs.file_contents("/etc/rc.local").unwrap();
+        let edited = String::from_utf8(edited.to_vec()).unwrap();
         prop_assert_eq!(edited.lines().filter(|line| *line == RELABEL).count(), 1);
         let shebangs_before = original.lines().filter(|line| line.starts_with("#!")).count();
         let shebangs_after = edited.lines().filter(|line| line.starts_with("#!")).count();
