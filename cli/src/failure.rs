@@ -4,11 +4,9 @@ use std::error::Error as StdError;
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-/// A failed command.
+/// A failed request; usage errors are reported by the argument parser with status 2.
 #[derive(Debug)]
 pub enum Failure {
-    /// The arguments are wrong; exit status 2.
-    Usage(String),
     /// The request failed; exit status 1.
     Request(Box<dyn StdError + Send + Sync + 'static>),
 }
@@ -22,11 +20,6 @@ impl Failure {
     /// Prints the error with its chain of causes once, and returns the exit status.
     pub fn report(self) -> ExitCode {
         match self {
-            Self::Usage(message) => {
-                eprintln!("error: {message}");
-                eprintln!("Run 'guest-inject --help' for usage.");
-                ExitCode::from(2)
-            }
             Self::Request(err) => {
                 eprintln!("{}", format_chain(err.as_ref()));
                 ExitCode::from(1)

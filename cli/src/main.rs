@@ -19,7 +19,6 @@ use vfs_guestfs as _;
 use vfs_localmount as _;
 
 use args::{Cli, Command};
-use failure::Failure;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
