@@ -208,6 +208,60 @@ fn partition_at_offset_write_lands_in_partition() {
 
 #[test]
 #[ignore = "needs root and loop devices; run by cargo xtask integration"]
+fn partition_of_block_device_write_lands_in_image() {
+    // The kernel NBD path attaches a loop device at a partition's offset on /dev/nbdN. A
+    // loop device over the whole disk replaces /dev/nbdN here.
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.raw");
+    make_partitioned_disk(&image, dir.path());
+    let disk = LoopDevice::attach(&image, &AttachOptions::default()).unwrap();
+    let options = AttachOptions {
+        offset: PARTITION_OFFSET,
+        size_limit: Some(FS_BYTES),
+        read_only: false,
+    };
+
+    let partition = LoopDevice::attach(disk.path(), &options).unwrap();
+    let partition_size = partition.size();
+    let mount = Mount::new(partition.path(), "ext4", false).unwrap();
+    fs::write(mount.path().join("nested"), b"loop over loop\n").unwrap();
+    mount.close().unwrap();
+    partition.close().unwrap();
+    disk.close().unwrap();
+
+    assert_eq!(partition_size, FS_BYTES);
+    assert_eq!(
+        debugfs_cat(&image, PARTITION_OFFSET, "/nested"),
+        b"loop over loop\n"
+    );
+    assert_not_attached(&image);
+}
+
+#[test]
+#[ignore = "needs root and loop devices; run by cargo xtask integration"]
+fn range_past_end_of_block_device_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("fs.ext4");
+    make_ext4(&image);
+    let disk = LoopDevice::attach(&image, &AttachOptions::default()).unwrap();
+    let options = AttachOptions {
+        offset: 1024 * 1024,
+        size_limit: Some(FS_BYTES),
+        read_only: false,
+    };
+
+    let result = LoopDevice::attach(disk.path(), &options);
+    disk.close().unwrap();
+
+    assert!(
+        matches!(result, Err(mount_loop::LoopError::RangeOutsideImage { .. })),
+        "{result:?}"
+    );
+    assert_not_attached(&image);
+}
+
+#[test]
+#[ignore = "needs root and loop devices; run by cargo xtask integration"]
 fn read_only_attach_rejects_writes() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("fs.ext4");
