@@ -78,8 +78,7 @@ impl SshPublicKey {
             return Err(invalid_key("it spans more than one line"));
         }
 
-        let mut parts = line.splitn(3, [' ', '\t']);
-        let key_type = parts.next().unwrap_or_default();
+        let (key_type, rest) = split_word(line);
         let Some((_, fields)) = KEY_TYPES.iter().find(|(name, _)| *name == key_type) else {
             return Err(ItemError::InvalidSshKey {
                 reason: format!(
@@ -92,15 +91,11 @@ impl SshPublicKey {
                 ),
             });
         };
-        let body = parts.next().unwrap_or_default();
+        let (body, comment) = split_word(rest);
         if body.is_empty() {
             return Err(invalid_key("the base64 key body is missing"));
         }
-        let comment = parts
-            .next()
-            .map(str::trim)
-            .filter(|comment| !comment.is_empty())
-            .map(str::to_owned);
+        let comment = (!comment.is_empty()).then(|| comment.to_owned());
 
         let blob = STANDARD
             .decode(body)
@@ -139,6 +134,15 @@ impl SshPublicKey {
                     .windows(2)
                     .any(|pair| pair[0] == self.key_type && pair[1] == self.body)
             })
+    }
+}
+
+/// Splits `text` at its first run of spaces or tabs into the first word and the rest, with
+/// the rest's surrounding blanks removed.
+fn split_word(text: &str) -> (&str, &str) {
+    match text.split_once([' ', '\t']) {
+        Some((word, rest)) => (word, rest.trim_matches([' ', '\t'])),
+        None => (text, ""),
     }
 }
 
@@ -262,6 +266,13 @@ pub(crate) mod tests {
         for line in cases {
             assert!(SshPublicKey::parse(&line).is_ok(), "rejected {line}");
         }
+    }
+
+    #[test]
+    fn key_with_extra_blanks_parses() {
+        let body = blob(&[b"ssh-ed25519", &[2; 32]]);
+        let key = SshPublicKey::parse(&format!("ssh-ed25519 \t {body}   my comment \n")).unwrap();
+        assert_eq!(key.to_line(), format!("ssh-ed25519 {body} my comment"));
     }
 
     #[test]
