@@ -88,6 +88,9 @@ fn run_step(fs: &mut dyn GuestFs, step: &Step<'_>) -> Result<(), ItemError> {
                 Contents::HostFile {
                     path: host_path, ..
                 } => {
+                    // NOTE: planning checked free space against the size the host file had
+                    // then. A file that grew since may still fill the guest filesystem, and
+                    // that write then fails with the old contents kept.
                     let mut file =
                         File::open(host_path).map_err(|source| ItemError::OpeningHostFile {
                             path: host_path.to_path_buf(),
