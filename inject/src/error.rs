@@ -1,4 +1,4 @@
-//! Errors of injection: [`InjectError`] names the item that failed and tells whether
+//! Errors of injection. [`InjectError`] names the item that failed and states whether
 //! anything was written, and [`ItemError`] gives the cause.
 
 use std::io;

@@ -2,10 +2,11 @@
 //! and turning each item into concrete [`Step`]s.
 //!
 //! Planning reads the guest files that items change, checks that parents are directories
-//! or can be created and that no target is a directory, and checks free space. Items are
-//! planned in order, and each later item accounts for the directories and files that earlier items
-//! will create, so two items writing one path, or a file where another item needs a
-//! directory, fail here rather than halfway through [`crate::apply`].
+//! or can be created and that no target is a directory, and checks free space.
+//!
+//! Items are planned in order, and each later item accounts for the directories and files
+//! that earlier items will create. So two items writing one path, or a file where another
+//! item needs a directory, fail here rather than halfway through [`crate::apply`].
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -89,8 +89,8 @@ type WriteLog = Arc<Mutex<Vec<String>>>;
 
 /// A small guest tree that serves the read-only calls and records writes.
 ///
-/// Tests set their own failing expectations on the mock first; mockall tries expectations
-/// in the order they were set, so the ones added by [`Guest::install`] only answer the
+/// Tests set their own failing expectations on the mock first. Mockall tries expectations
+/// in the order they were set, so the ones added by [`Guest::install`] only handle the
 /// calls the test left alone.
 struct Guest {
     files: BTreeMap<String, (Vec<u8>, u32)>,
