@@ -25,7 +25,7 @@ const LOCK_SHARED_BASE: i64 = 200;
 /// bit number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permission {
-    /// `BLK_PERM_CONSISTENT_READ`, 0x01: reading data that nobody changes underneath.
+    /// `BLK_PERM_CONSISTENT_READ`, 0x01: reading data that no other user changes meanwhile.
     ConsistentRead = 0,
     /// `BLK_PERM_WRITE`, 0x02: changing the visible contents.
     Write = 1,
@@ -115,7 +115,7 @@ impl ImageLock {
         }
 
         // A qemu that tested between the check above and the locks would not have seen
-        // them; testing again now sees its locks, so one of the two always backs off.
+        // them; testing again now finds its locks, so at least one of the two backs off.
         check_conflicts(&file, image, holds, unshares)?;
         tracing::debug!(image = %image.display(), read_only, "took qemu's image locks");
         Ok(Self {
