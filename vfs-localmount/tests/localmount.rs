@@ -111,11 +111,11 @@ fn custom_mbr(scratch: &Scratch, fstab: &str, prepare: impl FnOnce(&std::path::P
     );
     let boot = dir.join("boot.part");
     fs::File::create(&boot).unwrap().set_len(64 * MIB).unwrap();
-    mkfs(&boot, &boot_tree, BOOT_UUID, "boot", None);
+    mkfs(&boot, &boot_tree, BOOT_UUID, "boot");
     place(&boot, disk, MBR_BOOT_OFFSET);
     let root = dir.join("root.part");
     fs::File::create(&root).unwrap().set_len(190 * MIB).unwrap();
-    mkfs(&root, &tree, ROOT_UUID, "root", None);
+    mkfs(&root, &tree, ROOT_UUID, "root");
     place(&root, disk, MBR_ROOT_OFFSET);
     fs::remove_dir_all(tree).unwrap();
     fs::remove_dir_all(boot_tree).unwrap();
@@ -226,7 +226,7 @@ fn auto_with_two_os_roots_names_both() {
     write_root_tree(&second_root, "");
     let part = dir.join("second.part");
     fs::File::create(&part).unwrap().set_len(64 * MIB).unwrap();
-    mkfs(&part, &second_root, MISSING_UUID, "second", None);
+    mkfs(&part, &second_root, MISSING_UUID, "second");
     // Overwrite the boot filesystem of partition 1 with a second OS root.
     place(&part, &scratch.image, MBR_BOOT_OFFSET);
 

@@ -11,7 +11,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Condvar, Mutex};
 
 use vfs_core::image::{DiskFormat, PartitionSelector, ResolvedImage, SettingSource};
 use vfs_core::registry::OpenOptions;
@@ -153,33 +153,44 @@ pub fn debugfs_cat(image: &Path, offset: u64, guest_path: &str) -> Option<Vec<u8
     }
 }
 
-/// Builds (once per test process) and returns the base image of a layout.
+/// The version of the base image recipes; bump it after changing them so that cached
+/// images are rebuilt.
+const BASE_VERSION: u32 = 1;
+
+/// Returns the base image of a layout, building every base image first when they are
+/// missing. They are cached in Cargo's temporary directory for integration tests, and a
+/// file lock serialises builders across test processes.
 pub fn base_image(layout: Layout, format: DiskFormat) -> PathBuf {
-    static BASES: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BASES.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("localmount-base-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = cache.join(format!("localmount-images-v{BASE_VERSION}"));
+    let lock_file = fs::File::create(cache.join(format!("localmount-images-v{BASE_VERSION}.lock")))
+        .expect("create the image lock file");
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| errno)
+        .expect("lock the image cache");
+
+    if !dir.exists() {
+        let partial = cache.join(format!("localmount-images-v{BASE_VERSION}.partial"));
+        let _ = fs::remove_dir_all(&partial);
+        fs::create_dir_all(&partial).unwrap();
         for layout in [Layout::WholeDisk, Layout::Gpt, Layout::MbrBootFirst] {
-            build_raw(&dir, layout);
+            build_raw(&partial, layout);
         }
-        dir
-    });
+        fs::rename(&partial, &dir).unwrap();
+    }
+
     let raw = dir.join(raw_name(layout));
     match format {
         DiskFormat::Raw => raw,
         DiskFormat::Qcow2 => {
             let qcow2 = raw.with_extension("qcow2");
-            static CONVERT: Mutex<()> = Mutex::new(());
-            let _guard = CONVERT
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if !qcow2.exists() {
+                let partial = raw.with_extension("qcow2.partial");
                 run(Command::new("qemu-img")
                     .args(["convert", "-f", "raw", "-O", "qcow2"])
                     .arg(&raw)
-                    .arg(&qcow2));
+                    .arg(&partial));
+                fs::rename(&partial, &qcow2).unwrap();
             }
             qcow2
         }
@@ -210,7 +221,7 @@ fn build_raw(dir: &Path, layout: Layout) {
         .unwrap();
 
     match layout {
-        Layout::WholeDisk => mkfs(&disk, &tree, ROOT_UUID, "root", None),
+        Layout::WholeDisk => mkfs(&disk, &tree, ROOT_UUID, "root"),
         Layout::Gpt => {
             sfdisk(
                 &disk,
@@ -220,7 +231,7 @@ fn build_raw(dir: &Path, layout: Layout) {
             );
             let part = dir.join("gpt-root.part");
             fs::File::create(&part).unwrap().set_len(250 * MIB).unwrap();
-            mkfs(&part, &tree, ROOT_UUID, "root", None);
+            mkfs(&part, &tree, ROOT_UUID, "root");
             place(&part, &disk, GPT_ROOT_OFFSET);
         }
         Layout::MbrBootFirst => {
@@ -235,13 +246,13 @@ fn build_raw(dir: &Path, layout: Layout) {
             fs::write(boot_tree.join("vmlinuz-test"), b"not a kernel\n").unwrap();
             let boot = dir.join("mbr-boot.part");
             fs::File::create(&boot).unwrap().set_len(64 * MIB).unwrap();
-            mkfs(&boot, &boot_tree, BOOT_UUID, "boot", None);
+            mkfs(&boot, &boot_tree, BOOT_UUID, "boot");
             place(&boot, &disk, MBR_BOOT_OFFSET);
 
             fs::create_dir_all(tree.join("boot")).unwrap();
             let root = dir.join("mbr-root.part");
             fs::File::create(&root).unwrap().set_len(190 * MIB).unwrap();
-            mkfs(&root, &tree, ROOT_UUID, "root", None);
+            mkfs(&root, &tree, ROOT_UUID, "root");
             place(&root, &disk, MBR_ROOT_OFFSET);
         }
     }
@@ -258,15 +269,11 @@ pub fn write_root_tree(tree: &Path, fstab: &str) {
 }
 
 /// Makes an ext4 filesystem filled from `tree` in `file`.
-pub fn mkfs(file: &Path, tree: &Path, uuid: &str, label: &str, extra: Option<&str>) {
-    let mut command = Command::new("mkfs.ext4");
-    command
+pub fn mkfs(file: &Path, tree: &Path, uuid: &str, label: &str) {
+    run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-U", uuid, "-L", label, "-d"])
-        .arg(tree);
-    if let Some(extra) = extra {
-        command.args(["-O", extra]);
-    }
-    run(command.arg(file));
+        .arg(tree)
+        .arg(file));
 }
 
 /// Writes a partition table from an `sfdisk` script.
