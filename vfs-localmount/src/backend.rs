@@ -143,6 +143,8 @@ pub struct LocalMount {
     unmounted: Vec<GuestPath>,
     /// qemu's locks on a raw image.
     lock: Option<ImageLock>,
+    /// True once everything has been released.
+    closed: bool,
 }
 
 /// The disk whose volumes are mounted: the raw image itself, or the NBD export of another
@@ -192,6 +194,7 @@ pub fn open(options: &OpenOptions) -> Result<LocalMount, LocalMountError> {
         nbd: None,
         unmounted: Vec::new(),
         lock: None,
+        closed: false,
     };
     // From here on, an error drops `fs`, which releases whatever was set up.
     let disk = fs.attach_disk(options.image.format, settings)?;
@@ -610,6 +613,10 @@ impl LocalMount {
     /// children first, detaches the loop devices, stops the NBD helpers and releases the
     /// image locks. Every step runs; the first failure is returned.
     fn tear_down(&mut self) -> Result<(), LocalMountError> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
         let span = tracing::info_span!("localmount_close", image = %self.image.display());
         let _entered = span.enter();
         let mut first_error: Option<LocalMountError> = None;
