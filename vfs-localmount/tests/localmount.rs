@@ -518,7 +518,7 @@ fn dropped_qcow2_mount_leaves_nothing() {
 #[ignore = "needs root and loop devices; run by cargo xtask integration"]
 fn failed_open_leaves_nothing() {
     // The root filesystem mounts, then the mount of /boot fails: its superblock still
-    // says ext4, but the metadata after it is zeroed. Everything set up is released.
+    // names ext4, but the metadata after it is zeroed. Everything set up is released.
     let scratch = Scratch::new(Layout::MbrBootFirst, DiskFormat::Raw);
     let err = {
         // Zero the 64 KiB after the superblock (bytes 1024 to 2047 of the filesystem).
