@@ -140,11 +140,13 @@ pub struct FileSpec {
 }
 
 fn parse_format(text: &str) -> Result<DiskFormat, String> {
-    text.parse().map_err(|err: vfs_core::image::ImageError| err.to_string())
+    text.parse()
+        .map_err(|err: vfs_core::image::ImageError| err.to_string())
 }
 
 fn parse_partition(text: &str) -> Result<PartitionSelector, String> {
-    text.parse().map_err(|err: vfs_core::image::ImageError| err.to_string())
+    text.parse()
+        .map_err(|err: vfs_core::image::ImageError| err.to_string())
 }
 
 fn parse_file_spec(text: &str) -> Result<FileSpec, String> {
@@ -156,9 +158,14 @@ fn parse_file_spec(text: &str) -> Result<FileSpec, String> {
     }
     let guest_path = vfs_core::GuestPath::new(guest).map_err(|err| err.to_string())?;
     if guest_path.is_root() {
-        return Err(format!("guest path in {text:?} is the root directory, not a file"));
+        return Err(format!(
+            "guest path in {text:?} is the root directory, not a file"
+        ));
     }
-    Ok(FileSpec { guest_path, host_file: PathBuf::from(host) })
+    Ok(FileSpec {
+        guest_path,
+        host_file: PathBuf::from(host),
+    })
 }
 
 #[cfg(test)]

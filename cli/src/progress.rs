@@ -44,7 +44,10 @@ impl Progress {
                 let _ = stderr.flush();
             }
         });
-        Self { done, thread: Some(thread) }
+        Self {
+            done,
+            thread: Some(thread),
+        }
     }
 }
 

@@ -31,14 +31,18 @@ struct Inputs {
 impl Inputs {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, contents: &str| std::fs::write(dir.path().join(name), contents).unwrap();
+        let write =
+            |name: &str, contents: &str| std::fs::write(dir.path().join(name), contents).unwrap();
         write(
             "key.pub",
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBXW5j1kzKpSYQ+3VYpwqPC6fQ6sl1ub+f4Gfa26V1zN ops@example\n",
         );
         write("password", &format!("{PASSWORD}\n"));
         write("interfaces", "auto eth0\niface eth0 inet dhcp\n");
-        write("meta.json", "{\"uuid\": \"0b5e2a1c\", \"name\": \"vm-1\"}\n");
+        write(
+            "meta.json",
+            "{\"uuid\": \"0b5e2a1c\", \"name\": \"vm-1\"}\n",
+        );
         write("x.cfg", "setting = 1\n");
         Self { dir }
     }
@@ -55,7 +59,10 @@ fn run_inject(backend: &str, image: &Path, inputs: &Inputs, tmp: &Path) -> Outpu
         .args(["--admin-password-file", &inputs.path("password")])
         .args(["--net", &inputs.path("interfaces")])
         .args(["--metadata", &inputs.path("meta.json")])
-        .args(["--file", &format!("/opt/app/conf/x.cfg={}", inputs.path("x.cfg"))])
+        .args([
+            "--file",
+            &format!("/opt/app/conf/x.cfg={}", inputs.path("x.cfg")),
+        ])
         .arg(image)
         .env("RUST_LOG", "trace")
         .env("LIBGUESTFS_DEBUG", "1")
@@ -68,9 +75,19 @@ fn run_inject(backend: &str, image: &Path, inputs: &Inputs, tmp: &Path) -> Outpu
 /// Reads a file's bytes (or a directory's absence of them) with its mode and owners, with
 /// root's password hash in `/etc/shadow` replaced, since each run draws its own salt.
 fn read_back(reader: &Ext4Reader, path: &str) -> (Vec<u8>, u32, u32, u32, String) {
-    let stat = reader.stat(path).unwrap_or_else(|err| panic!("stat {path}: {err}"));
-    let contents = if stat.kind == "regular" { reader.cat(path).unwrap() } else { Vec::new() };
-    let contents = if path == "/etc/shadow" { mask_root_hash(&contents) } else { contents };
+    let stat = reader
+        .stat(path)
+        .unwrap_or_else(|err| panic!("stat {path}: {err}"));
+    let contents = if stat.kind == "regular" {
+        reader.cat(path).unwrap()
+    } else {
+        Vec::new()
+    };
+    let contents = if path == "/etc/shadow" {
+        mask_root_hash(&contents)
+    } else {
+        contents
+    };
     (contents, stat.mode, stat.uid, stat.gid, stat.kind)
 }
 
@@ -80,7 +97,11 @@ fn mask_root_hash(shadow: &[u8]) -> Vec<u8> {
     for line in text.split('\n') {
         let mut fields: Vec<&str> = line.split(':').collect();
         if fields.first() == Some(&"root") && fields.len() > 1 {
-            assert!(fields[1].starts_with("$6$"), "root hash is SHA-512 crypt: {}", fields[1].len());
+            assert!(
+                fields[1].starts_with("$6$"),
+                "root hash is SHA-512 crypt: {}",
+                fields[1].len()
+            );
             fields[1] = "HASH";
         }
         lines.push(fields.join(":"));
@@ -90,7 +111,10 @@ fn mask_root_hash(shadow: &[u8]) -> Vec<u8> {
 
 fn root_hash(reader: &Ext4Reader) -> String {
     let shadow = reader.cat_string("/etc/shadow").unwrap();
-    let root = shadow.lines().find(|line| line.starts_with("root:")).unwrap();
+    let root = shadow
+        .lines()
+        .find(|line| line.starts_with("root:"))
+        .unwrap();
     root.split(':').nth(1).unwrap().to_owned()
 }
 
@@ -106,7 +130,10 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
                 pending.push(path);
             } else if kind.is_file() {
                 let contents = std::fs::read(&path).unwrap_or_default();
-                if contents.windows(needle.len()).any(|window| window == needle) {
+                if contents
+                    .windows(needle.len())
+                    .any(|window| window == needle)
+                {
                     found.push(path);
                 }
             }
@@ -141,22 +168,40 @@ fn backends_write_identical_files_and_never_leak_password() {
         let reader = copy.root_reader().unwrap();
         let hash = root_hash(&reader);
         for (stream, text) in [("stdout", &stdout), ("stderr", &stderr)] {
-            assert!(!text.contains(PASSWORD), "{backend} printed the password on {stream}");
-            assert!(!text.contains(&hash), "{backend} printed the password hash on {stream}");
+            assert!(
+                !text.contains(PASSWORD),
+                "{backend} printed the password on {stream}"
+            );
+            assert!(
+                !text.contains(&hash),
+                "{backend} printed the password hash on {stream}"
+            );
         }
-        assert!(stderr.contains("DEBUG"), "{backend} ran without debug logging");
+        assert!(
+            stderr.contains("DEBUG"),
+            "{backend} ran without debug logging"
+        );
         let leftovers = files_containing(&tmp, PASSWORD.as_bytes());
-        assert!(leftovers.is_empty(), "{backend} left the password in {leftovers:?}");
+        assert!(
+            leftovers.is_empty(),
+            "{backend} left the password in {leftovers:?}"
+        );
         let leaks = images::leak_check(&dir).unwrap();
         assert!(leaks.is_empty(), "{backend} left {leaks}");
 
-        let files: Vec<_> = COMPARED_PATHS.iter().map(|path| read_back(&reader, path)).collect();
+        let files: Vec<_> = COMPARED_PATHS
+            .iter()
+            .map(|path| read_back(&reader, path))
+            .collect();
         results.push((backend, files));
     }
 
     let (_, guestfs) = &results[0];
     let (_, localmount) = &results[1];
     for (index, path) in COMPARED_PATHS.iter().enumerate() {
-        assert_eq!(guestfs[index], localmount[index], "{path} differs between backends");
+        assert_eq!(
+            guestfs[index], localmount[index],
+            "{path} differs between backends"
+        );
     }
 }

@@ -39,8 +39,8 @@ enum Task {
     Integration,
     /// Show guest-inject changing a test image.
     Demo,
-    /// Time the backends on the same requests.
-    Bench,
+    /// Time guest-inject against a hand-written script and virt-customize.
+    Bench(bench::BenchArgs),
 }
 
 /// Errors from running a task.
@@ -56,9 +56,6 @@ pub(crate) enum TaskError {
     /// A host command exited with a failure status.
     #[error("{command} failed ({status})")]
     RunningCommand { command: String, status: ExitStatus },
-    /// The task exists but has no implementation yet.
-    #[error("cargo xtask {task} is not implemented yet")]
-    NotImplemented { task: &'static str },
     /// Installing packages needs root.
     #[error("packages are missing ({packages}): run `cargo xtask setup` as root to install them")]
     NeedsRoot { packages: String },
@@ -83,6 +80,20 @@ pub(crate) enum TaskError {
         #[source]
         source: io::Error,
     },
+    /// The demo cannot go on.
+    #[error("demo failed: {reason}")]
+    Demo { reason: String },
+    /// The benchmark cannot go on.
+    #[error("benchmark failed: {reason}")]
+    Bench { reason: String },
+    /// A file or directory of a task could not be used.
+    #[error("{action} {path} failed")]
+    Io {
+        action: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// Building a test image failed.
     #[error("building test image {image} failed")]
     BuildingImage {
@@ -90,6 +101,17 @@ pub(crate) enum TaskError {
         #[source]
         source: testkit::images::TestImageError,
     },
+}
+
+impl TaskError {
+    /// Wraps an I/O error with what was being done to which path.
+    pub(crate) fn io(action: &'static str, path: &std::path::Path, source: io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -110,7 +132,7 @@ fn main() -> ExitCode {
         Task::Test => test::run(),
         Task::Integration => test::integration(),
         Task::Demo => demo::run(),
-        Task::Bench => bench::run(),
+        Task::Bench(args) => bench::run(args),
     };
 
     match result {

@@ -55,15 +55,25 @@ pub fn run(args: BackendsArgs) -> Result<ExitCode, Failure> {
     } else {
         print_table(&rows);
     }
-    let failed_check = rows.iter().any(|row| row.check.as_ref().is_some_and(|check| !check.ok));
-    Ok(if failed_check { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    let failed_check = rows
+        .iter()
+        .any(|row| row.check.as_ref().is_some_and(|check| !check.ok));
+    Ok(if failed_check {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn check_backend(name: &str) -> CheckResult {
     let _progress = crate::progress::Progress::start(format!("Checking {name}"));
     match name {
         "guestfs" => match vfs_guestfs::check_launch() {
-            Ok(duration) => CheckResult { ok: true, seconds: Some(duration.as_secs_f64()), error: None },
+            Ok(duration) => CheckResult {
+                ok: true,
+                seconds: Some(duration.as_secs_f64()),
+                error: None,
+            },
             Err(err) => CheckResult {
                 ok: false,
                 seconds: None,
@@ -81,14 +91,20 @@ fn check_backend(name: &str) -> CheckResult {
 fn print_table(rows: &[BackendRow]) {
     println!("Backends, in the order `--backend auto` tries them:");
     for row in rows {
-        let status = if row.available { "available" } else { "unavailable" };
+        let status = if row.available {
+            "available"
+        } else {
+            "unavailable"
+        };
         println!("  {:<12} {:<12} {}", row.name, status, row.summary);
         if let Some(reason) = &row.reason {
             println!("  {:<12} {:<12} why: {reason}", "", "");
         }
         if let Some(check) = &row.check {
             match (check.ok, check.seconds, &check.error) {
-                (true, Some(seconds), _) => println!("  {:<12} {:<12} test launch took {seconds:.1} s", "", ""),
+                (true, Some(seconds), _) => {
+                    println!("  {:<12} {:<12} test launch took {seconds:.1} s", "", "")
+                }
                 (true, None, Some(note)) => println!("  {:<12} {:<12} {note}", "", ""),
                 (_, _, Some(error)) => println!("  {:<12} {:<12} check failed: {error}", "", ""),
                 _ => {}

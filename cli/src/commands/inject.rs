@@ -22,7 +22,11 @@ pub enum InputError {
     },
     /// A host input file holds something unusable.
     #[error("{what} in {path} is invalid: {reason}")]
-    Invalid { what: &'static str, path: String, reason: String },
+    Invalid {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
     /// Nothing was requested.
     #[error("nothing to inject: give at least one of --ssh-key, --admin-password-file, --net, --metadata or --file")]
     NothingRequested,
@@ -88,7 +92,11 @@ fn build_request(args: &InjectArgs) -> Result<Request, Failure> {
 
 fn read_bytes(path: &Path, what: &'static str) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|source| {
-        Failure::request(InputError::Reading { what, path: path.display().to_string(), source })
+        Failure::request(InputError::Reading {
+            what,
+            path: path.display().to_string(),
+            source,
+        })
     })
 }
 
@@ -121,10 +129,18 @@ fn read_password(path: &Path) -> Result<Password, Failure> {
 fn check_readable_file(path: &Path) -> Result<(), Failure> {
     let what = "a file to inject";
     let file = std::fs::File::open(path).map_err(|source| {
-        Failure::request(InputError::Reading { what, path: path.display().to_string(), source })
+        Failure::request(InputError::Reading {
+            what,
+            path: path.display().to_string(),
+            source,
+        })
     })?;
     let metadata = file.metadata().map_err(|source| {
-        Failure::request(InputError::Reading { what, path: path.display().to_string(), source })
+        Failure::request(InputError::Reading {
+            what,
+            path: path.display().to_string(),
+            source,
+        })
     })?;
     if !metadata.is_file() {
         return Err(Failure::request(InputError::Invalid {
@@ -138,17 +154,28 @@ fn check_readable_file(path: &Path) -> Result<(), Failure> {
 
 fn print_report(report: &Report, json: bool) -> Result<(), Failure> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report).map_err(Failure::request)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).map_err(Failure::request)?
+        );
         return Ok(());
     }
     for item in &report.items {
         match &item.outcome {
             Outcome::Applied => println!("applied    {:<9} {}", item.kind.to_string(), item.target),
             Outcome::Unchanged { reason } => {
-                println!("unchanged  {:<9} {} ({reason})", item.kind.to_string(), item.target)
+                println!(
+                    "unchanged  {:<9} {} ({reason})",
+                    item.kind.to_string(),
+                    item.target
+                )
             }
             Outcome::Warning { reason } => {
-                println!("warning    {:<9} {}: {reason}", item.kind.to_string(), item.target)
+                println!(
+                    "warning    {:<9} {}: {reason}",
+                    item.kind.to_string(),
+                    item.target
+                )
             }
         }
     }

@@ -73,7 +73,10 @@ pub fn run(args: InspectArgs) -> Result<ExitCode, Failure> {
     fs.close().map_err(Failure::request)?;
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(Failure::request)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(Failure::request)?
+        );
     } else {
         print_report(&report);
     }
@@ -90,7 +93,10 @@ fn read_volumes(path: &std::path::Path) -> Result<Vec<VolumeRow>, Failure> {
             partition: volume.partition.as_ref().map(|partition| partition.number),
             offset: volume.offset,
             size: volume.size,
-            type_id: volume.partition.as_ref().map(|partition| partition.type_id.clone()),
+            type_id: volume
+                .partition
+                .as_ref()
+                .map(|partition| partition.type_id.clone()),
             fs_type: volume.fs.as_ref().map(|fs| fs.fs_type.clone()),
             label: volume.fs.as_ref().and_then(|fs| fs.label.clone()),
             uuid: volume.fs.as_ref().and_then(|fs| fs.uuid.clone()),
@@ -100,8 +106,14 @@ fn read_volumes(path: &std::path::Path) -> Result<Vec<VolumeRow>, Failure> {
 
 fn print_report(report: &InspectReport) {
     println!("image:     {}", report.image);
-    println!("format:    {} (from {})", report.format, report.format_source);
-    println!("partition: {} (from {})", report.partition, report.partition_source);
+    println!(
+        "format:    {} (from {})",
+        report.format, report.format_source
+    );
+    println!(
+        "partition: {} (from {})",
+        report.partition, report.partition_source
+    );
     println!("backend:   {}", report.backend);
     match &report.volumes {
         Some(volumes) => {
@@ -125,6 +137,9 @@ fn print_report(report: &InspectReport) {
     }
     println!("mounted for a request:");
     for mount in &report.mounts {
-        println!("  {:<12} {:<6} {}", mount.mount_point, mount.fs_type, mount.source);
+        println!(
+            "  {:<12} {:<6} {}",
+            mount.mount_point, mount.fs_type, mount.source
+        );
     }
 }

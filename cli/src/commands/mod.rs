@@ -44,8 +44,12 @@ pub fn open_image(
         read_only,
         backend_settings: args.backend_settings.clone(),
     };
-    let backend = registry::choose(&args.backend, Some(&options.image)).map_err(Failure::request)?;
+    let backend =
+        registry::choose(&args.backend, Some(&options.image)).map_err(Failure::request)?;
     let _progress = Progress::start(format!("Opening the image with {}", backend.name));
-    registry::open(&vfs_core::registry::BackendChoice::Named(backend.name.to_owned()), &options)
-        .map_err(Failure::request)
+    registry::open(
+        &vfs_core::registry::BackendChoice::Named(backend.name.to_owned()),
+        &options,
+    )
+    .map_err(Failure::request)
 }
