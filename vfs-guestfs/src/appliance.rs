@@ -126,98 +126,170 @@ const EVENT_LIBRARY: u64 = 0x0020;
 const EVENT_TRACE: u64 = 0x0040;
 const EVENT_WARNING: u64 = 0x0200;
 
-#[link(name = "guestfs")]
-extern "C" {
-    fn guestfs_create() -> *mut GuestfsH;
-    fn guestfs_close(g: *mut GuestfsH);
-    fn guestfs_last_error(g: *mut GuestfsH) -> *const c_char;
-    fn guestfs_last_errno(g: *mut GuestfsH) -> c_int;
-    fn guestfs_set_error_handler(g: *mut GuestfsH, cb: Option<ErrorHandler>, opaque: *mut c_void);
-    fn guestfs_set_event_callback(
-        g: *mut GuestfsH,
-        cb: EventCallback,
-        event_bitmask: u64,
-        flags: c_int,
-        opaque: *mut c_void,
-    ) -> c_int;
+/// The shared library that holds libguestfs, loaded when the first handle is created, so
+/// that `guest-inject` starts and its other backend works on hosts without libguestfs, and
+/// so that programs which never use this backend do not map its 60-odd libraries.
+const LIBRARY_NAME: &str = "libguestfs.so.0";
 
-    fn guestfs_get_backend_settings(g: *mut GuestfsH) -> *mut *mut c_char;
-    fn guestfs_set_backend_setting(
-        g: *mut GuestfsH,
-        name: *const c_char,
-        val: *const c_char,
-    ) -> c_int;
-    fn guestfs_get_path(g: *mut GuestfsH) -> *const c_char;
-    fn guestfs_get_hv(g: *mut GuestfsH) -> *mut c_char;
-    fn guestfs_add_drive_opts_argv(
-        g: *mut GuestfsH,
-        filename: *const c_char,
-        optargs: *const AddDriveOptsArgv,
-    ) -> c_int;
-    fn guestfs_add_drive_scratch_argv(
-        g: *mut GuestfsH,
-        size: i64,
-        optargs: *const AddDriveScratchArgv,
-    ) -> c_int;
-    fn guestfs_launch(g: *mut GuestfsH) -> c_int;
-    fn guestfs_shutdown(g: *mut GuestfsH) -> c_int;
+/// Declares the libguestfs functions this crate calls: a table of function pointers loaded
+/// from [`LIBRARY_NAME`] with `dlopen`, and for each function an `unsafe fn` of the same name
+/// and signature that calls through the table.
+macro_rules! libguestfs_api {
+    ($( fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?; )*) => {
+        /// The loaded library and a pointer to each function this crate calls.
+        struct Api {
+            $( $name: unsafe extern "C" fn($($ty),*) $(-> $ret)?, )*
+            _library: libloading::Library,
+        }
 
-    fn guestfs_list_partitions(g: *mut GuestfsH) -> *mut *mut c_char;
-    fn guestfs_list_filesystems(g: *mut GuestfsH) -> *mut *mut c_char;
-    fn guestfs_vfs_type(g: *mut GuestfsH, mountable: *const c_char) -> *mut c_char;
-    fn guestfs_vfs_label(g: *mut GuestfsH, mountable: *const c_char) -> *mut c_char;
-    fn guestfs_vfs_uuid(g: *mut GuestfsH, mountable: *const c_char) -> *mut c_char;
-    fn guestfs_inspect_os(g: *mut GuestfsH) -> *mut *mut c_char;
-    fn guestfs_inspect_get_mountpoints(g: *mut GuestfsH, root: *const c_char) -> *mut *mut c_char;
-    fn guestfs_mount_options(
-        g: *mut GuestfsH,
-        options: *const c_char,
-        mountable: *const c_char,
-        mountpoint: *const c_char,
-    ) -> c_int;
+        impl Api {
+            fn load() -> Result<Self, libloading::Error> {
+                // SAFETY: loading libguestfs runs only its ELF constructors, which set up
+                // its own global state and have no preconditions.
+                let library = unsafe { libloading::Library::new(LIBRARY_NAME)? };
+                $(
+                    // SAFETY: the declared type is the C signature from guestfs.h, and the
+                    // pointer is used only while `_library` keeps the library loaded.
+                    let $name = unsafe {
+                        *library.get::<unsafe extern "C" fn($($ty),*) $(-> $ret)?>(
+                            concat!(stringify!($name), "\0").as_bytes(),
+                        )?
+                    };
+                )*
+                Ok(Self { $($name,)* _library: library })
+            }
+        }
 
-    fn guestfs_realpath(g: *mut GuestfsH, path: *const c_char) -> *mut c_char;
-    fn guestfs_statns(g: *mut GuestfsH, path: *const c_char) -> *mut RawStatns;
-    fn guestfs_lstatns(g: *mut GuestfsH, path: *const c_char) -> *mut RawStatns;
-    fn guestfs_free_statns(stat: *mut RawStatns);
-    fn guestfs_readlink(g: *mut GuestfsH, path: *const c_char) -> *mut c_char;
-    fn guestfs_pread(
-        g: *mut GuestfsH,
-        path: *const c_char,
-        count: c_int,
-        offset: i64,
-        size_r: *mut usize,
-    ) -> *mut c_char;
-    fn guestfs_write(
-        g: *mut GuestfsH,
-        path: *const c_char,
-        content: *const c_char,
-        content_size: usize,
-    ) -> c_int;
-    fn guestfs_write_append(
-        g: *mut GuestfsH,
-        path: *const c_char,
-        content: *const c_char,
-        content_size: usize,
-    ) -> c_int;
-    fn guestfs_mkdir_mode(g: *mut GuestfsH, path: *const c_char, mode: c_int) -> c_int;
-    fn guestfs_chmod(g: *mut GuestfsH, mode: c_int, path: *const c_char) -> c_int;
-    fn guestfs_chown(g: *mut GuestfsH, owner: c_int, group: c_int, path: *const c_char) -> c_int;
-    fn guestfs_ln_s(g: *mut GuestfsH, target: *const c_char, linkname: *const c_char) -> c_int;
-    fn guestfs_rm(g: *mut GuestfsH, path: *const c_char) -> c_int;
-    fn guestfs_rename(g: *mut GuestfsH, oldpath: *const c_char, newpath: *const c_char) -> c_int;
-    fn guestfs_getxattrs(g: *mut GuestfsH, path: *const c_char) -> *mut RawXattrList;
-    fn guestfs_free_xattr_list(list: *mut RawXattrList);
-    fn guestfs_setxattr(
-        g: *mut GuestfsH,
-        xattr: *const c_char,
-        val: *const c_char,
-        vallen: c_int,
-        path: *const c_char,
-    ) -> c_int;
-    fn guestfs_statvfs(g: *mut GuestfsH, path: *const c_char) -> *mut RawStatvfs;
-    fn guestfs_free_statvfs(stat: *mut RawStatvfs);
-    fn guestfs_sync(g: *mut GuestfsH) -> c_int;
+        $(
+            /// Calls the libguestfs function of the same name.
+            ///
+            /// # Safety
+            ///
+            /// The same as for the C function; the library must have been loaded, which
+            /// holds whenever a handle exists.
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
+                // SAFETY: the caller upholds the C function's contract.
+                unsafe { (loaded_api().$name)($($arg),*) }
+            }
+        )*
+    };
+}
+
+libguestfs_api! {
+fn guestfs_create() -> *mut GuestfsH;
+fn guestfs_close(g: *mut GuestfsH);
+fn guestfs_last_error(g: *mut GuestfsH) -> *const c_char;
+fn guestfs_last_errno(g: *mut GuestfsH) -> c_int;
+fn guestfs_set_error_handler(g: *mut GuestfsH, cb: Option<ErrorHandler>, opaque: *mut c_void);
+fn guestfs_set_event_callback(
+    g: *mut GuestfsH,
+    cb: EventCallback,
+    event_bitmask: u64,
+    flags: c_int,
+    opaque: *mut c_void,
+) -> c_int;
+
+fn guestfs_get_backend_settings(g: *mut GuestfsH) -> *mut *mut c_char;
+fn guestfs_set_backend_setting(
+    g: *mut GuestfsH,
+    name: *const c_char,
+    val: *const c_char,
+) -> c_int;
+fn guestfs_get_path(g: *mut GuestfsH) -> *const c_char;
+fn guestfs_get_hv(g: *mut GuestfsH) -> *mut c_char;
+fn guestfs_add_drive_opts_argv(
+    g: *mut GuestfsH,
+    filename: *const c_char,
+    optargs: *const AddDriveOptsArgv,
+) -> c_int;
+fn guestfs_add_drive_scratch_argv(
+    g: *mut GuestfsH,
+    size: i64,
+    optargs: *const AddDriveScratchArgv,
+) -> c_int;
+fn guestfs_launch(g: *mut GuestfsH) -> c_int;
+fn guestfs_shutdown(g: *mut GuestfsH) -> c_int;
+
+fn guestfs_list_partitions(g: *mut GuestfsH) -> *mut *mut c_char;
+fn guestfs_list_filesystems(g: *mut GuestfsH) -> *mut *mut c_char;
+fn guestfs_vfs_type(g: *mut GuestfsH, mountable: *const c_char) -> *mut c_char;
+fn guestfs_vfs_label(g: *mut GuestfsH, mountable: *const c_char) -> *mut c_char;
+fn guestfs_vfs_uuid(g: *mut GuestfsH, mountable: *const c_char) -> *mut c_char;
+fn guestfs_inspect_os(g: *mut GuestfsH) -> *mut *mut c_char;
+fn guestfs_inspect_get_mountpoints(g: *mut GuestfsH, root: *const c_char) -> *mut *mut c_char;
+fn guestfs_mount_options(
+    g: *mut GuestfsH,
+    options: *const c_char,
+    mountable: *const c_char,
+    mountpoint: *const c_char,
+) -> c_int;
+
+fn guestfs_realpath(g: *mut GuestfsH, path: *const c_char) -> *mut c_char;
+fn guestfs_statns(g: *mut GuestfsH, path: *const c_char) -> *mut RawStatns;
+fn guestfs_lstatns(g: *mut GuestfsH, path: *const c_char) -> *mut RawStatns;
+fn guestfs_free_statns(stat: *mut RawStatns);
+fn guestfs_readlink(g: *mut GuestfsH, path: *const c_char) -> *mut c_char;
+fn guestfs_pread(
+    g: *mut GuestfsH,
+    path: *const c_char,
+    count: c_int,
+    offset: i64,
+    size_r: *mut usize,
+) -> *mut c_char;
+fn guestfs_write(
+    g: *mut GuestfsH,
+    path: *const c_char,
+    content: *const c_char,
+    content_size: usize,
+) -> c_int;
+fn guestfs_write_append(
+    g: *mut GuestfsH,
+    path: *const c_char,
+    content: *const c_char,
+    content_size: usize,
+) -> c_int;
+fn guestfs_mkdir_mode(g: *mut GuestfsH, path: *const c_char, mode: c_int) -> c_int;
+fn guestfs_chmod(g: *mut GuestfsH, mode: c_int, path: *const c_char) -> c_int;
+fn guestfs_chown(g: *mut GuestfsH, owner: c_int, group: c_int, path: *const c_char) -> c_int;
+fn guestfs_ln_s(g: *mut GuestfsH, target: *const c_char, linkname: *const c_char) -> c_int;
+fn guestfs_rm(g: *mut GuestfsH, path: *const c_char) -> c_int;
+fn guestfs_rename(g: *mut GuestfsH, oldpath: *const c_char, newpath: *const c_char) -> c_int;
+fn guestfs_getxattrs(g: *mut GuestfsH, path: *const c_char) -> *mut RawXattrList;
+fn guestfs_free_xattr_list(list: *mut RawXattrList);
+fn guestfs_setxattr(
+    g: *mut GuestfsH,
+    xattr: *const c_char,
+    val: *const c_char,
+    vallen: c_int,
+    path: *const c_char,
+) -> c_int;
+fn guestfs_statvfs(g: *mut GuestfsH, path: *const c_char) -> *mut RawStatvfs;
+fn guestfs_free_statvfs(stat: *mut RawStatvfs);
+fn guestfs_sync(g: *mut GuestfsH) -> c_int;}
+
+/// The library, loaded by the first call.
+static API: std::sync::OnceLock<Result<Api, String>> = std::sync::OnceLock::new();
+
+/// Loads libguestfs once, returning why it cannot be loaded.
+fn api() -> Result<&'static Api, HandleError> {
+    API.get_or_init(|| Api::load().map_err(|err| err.to_string()))
+        .as_ref()
+        .map_err(|reason| HandleError {
+            message: format!(
+                "cannot load {LIBRARY_NAME} ({reason}); install libguestfs \
+                 (Debian and Ubuntu: libguestfs0, Fedora: libguestfs)"
+            ),
+            errno: 0,
+        })
+}
+
+/// Returns the loaded library; only called where a handle exists, which proves it loaded.
+fn loaded_api() -> &'static Api {
+    match API.get() {
+        Some(Ok(api)) => api,
+        _ => unreachable!("libguestfs is called before a handle was created"),
+    }
 }
 
 /// One libguestfs handle: the library state and, once launched, the appliance.
@@ -238,6 +310,7 @@ impl Appliance {
     /// Creates a handle, reading the `LIBGUESTFS_*` environment variables as libguestfs does,
     /// and forwards its log events to `tracing`.
     pub fn create() -> Result<Self, HandleError> {
+        api()?;
         // SAFETY: guestfs_create takes no arguments and returns a new handle or NULL.
         let handle = unsafe { guestfs_create() };
         if handle.is_null() {
