@@ -101,6 +101,12 @@ pub struct InjectArgs {
     #[arg(long, value_name = "ITEMS", value_delimiter = ',')]
     pub best_effort: Vec<inject::ItemKind>,
 
+    /// Write into a temporary qcow2 overlay (under TMPDIR) and commit it into the image
+    /// only when every item succeeded, so a failed request leaves the image byte-identical.
+    /// Needs qemu-img, and room in TMPDIR for everything the request writes.
+    #[arg(long)]
+    pub transactional: bool,
+
     /// Print the per-item report as JSON on stdout.
     #[arg(long)]
     pub json: bool,

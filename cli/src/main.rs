@@ -8,6 +8,7 @@ mod args;
 mod commands;
 mod failure;
 mod progress;
+mod transaction;
 
 use std::process::ExitCode;
 

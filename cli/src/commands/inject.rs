@@ -4,10 +4,12 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use inject::{FileItem, FileSource, Outcome, Password, Report, Request};
+use vfs_core::image::ResolvedImage;
 
 use crate::args::InjectArgs;
 use crate::commands::{open_image, resolve_image};
 use crate::failure::Failure;
+use crate::transaction::Transaction;
 
 /// Errors from reading the host files that hold the request's inputs.
 #[derive(Debug, thiserror::Error)]
@@ -38,15 +40,36 @@ pub fn run(args: InjectArgs) -> Result<ExitCode, Failure> {
     request.validate_inputs().map_err(Failure::request)?;
 
     let image = resolve_image(&args.image)?;
-    let mut fs = open_image(&args.image, image, false)?;
-
-    let result = inject::inject(fs.as_mut(), &request);
-    let closed = fs.close();
-    let report = result.map_err(Failure::request)?;
-    closed.map_err(Failure::request)?;
+    let report = if args.transactional {
+        let transaction = Transaction::begin(&image).map_err(Failure::request)?;
+        match inject_into(&args, transaction.overlay_image(), &request) {
+            Ok(report) => {
+                transaction.commit().map_err(Failure::request)?;
+                report
+            }
+            Err(failure) => return Err(transaction.roll_back(failure)),
+        }
+    } else {
+        inject_into(&args, image, &request)?
+    };
 
     print_report(&report, args.json)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens `image` for writing, injects the request and closes the image.
+fn inject_into(
+    args: &InjectArgs,
+    image: ResolvedImage,
+    request: &Request,
+) -> Result<Report, Failure> {
+    let mut fs = open_image(&args.image, image, false)?;
+
+    let result = inject::inject(fs.as_mut(), request);
+    let closed = fs.close();
+    let report = result.map_err(Failure::request)?;
+    closed.map_err(Failure::request)?;
+    Ok(report)
 }
 
 /// Reads every host input named by the arguments into a request, before the image is
