@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod debian;
+pub mod hostile;
 pub mod images;
 pub mod memfs;
 pub mod strategies;
