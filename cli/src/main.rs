@@ -31,6 +31,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.verbose, cli.quiet);
+    if matches!(cli.command, Command::Inject(_) | Command::Inspect(_)) {
+        isolate_mounts();
+    }
 
     let result = match cli.command {
         Command::Inject(args) => commands::inject::run(args),
@@ -41,6 +44,35 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(failure) => failure.report(),
     }
+}
+
+/// Moves this process into a mount namespace of its own, when running as root, so that
+/// the host mounts the localmount backend makes vanish with the process even when it is
+/// killed. Without this, the kernel keeps the mounts of a killed process, and the mounts
+/// keep their loop devices attached.
+///
+/// Must run before any thread starts, because `unshare(CLONE_NEWNS)` fails in a process
+/// with several threads. Mounts are made slaves rather than private: none of ours reaches
+/// the host, but a host filesystem unmounted meanwhile is unmounted here too instead of
+/// staying busy until this process exits. Mounts made here are invisible to other
+/// processes. A failure only warns, since mounts in the host's namespace still work.
+fn isolate_mounts() {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    if let Err(errno) = unshare(CloneFlags::CLONE_NEWNS) {
+        tracing::warn!(error = %errno, "creating a private mount namespace failed; mounts of a killed run may stay behind");
+        return;
+    }
+    let flags = MsFlags::MS_REC | MsFlags::MS_SLAVE;
+    if let Err(errno) = mount(None::<&str>, "/", None::<&str>, flags, None::<&str>) {
+        tracing::warn!(error = %errno, "making mounts one-way in the new mount namespace failed; mounts may reach the host");
+        return;
+    }
+    tracing::debug!("running in a private mount namespace");
 }
 
 /// Sends `tracing` output to stderr: warnings by default, more with `-v`, errors only with
