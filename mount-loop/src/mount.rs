@@ -46,6 +46,14 @@ pub enum MountError {
         #[source]
         source: io::Error,
     },
+    /// Remounting the filesystem read-write failed.
+    #[error("remounting {device} on {target} read-write failed")]
+    Remounting {
+        device: DeviceLabel,
+        target: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// `syncfs(2)` on the mounted filesystem failed.
     #[error("flushing {device} mounted on {target} failed")]
     Syncing {
@@ -114,6 +122,8 @@ pub struct Mount {
     device: DeviceLabel,
     fs_type: String,
     read_only: bool,
+    /// Whether this is a placeholder from [`Mount::placeholder`], which stays read-only.
+    placeholder: bool,
     /// Whether `path` is a directory this value created and removes.
     owns_dir: bool,
     /// False once unmounted.
@@ -202,6 +212,7 @@ impl Mount {
             device,
             fs_type: "tmpfs".to_owned(),
             read_only: true,
+            placeholder: true,
             owns_dir: false,
             mounted: true,
         })
@@ -225,6 +236,39 @@ impl Mount {
     /// Returns true when the filesystem is mounted read-only.
     pub fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// Remounts a read-only filesystem read-write (`MS_REMOUNT`), keeping `nosuid`, `nodev`
+    /// and `noexec`. Does nothing when it is already writable, or when it is a placeholder
+    /// from [`Mount::placeholder`], which exists to reject writes.
+    ///
+    /// The device must be writable: a loop device attached read-only makes this fail.
+    pub fn remount_read_write(&mut self) -> Result<(), MountError> {
+        if !self.read_only || self.placeholder {
+            return Ok(());
+        }
+        let span = tracing::info_span!("remount_read_write", target = %self.path.display());
+        let _entered = span.enter();
+
+        // As when mounting, a symlink in the last name is not followed. `MS_REMOUNT` acts
+        // on the mount whose root the descriptor names, and fails with `EINVAL` when the
+        // directory is not the root of a mount.
+        let target = open_target(&self.path)?;
+        nix::mount::mount(
+            None::<&str>,
+            &fd_path(&target),
+            None::<&str>,
+            MsFlags::MS_REMOUNT | base_flags(),
+            None::<&str>,
+        )
+        .map_err(|errno| MountError::Remounting {
+            device: self.device.clone(),
+            target: self.path.clone(),
+            source: errno.into(),
+        })?;
+        self.read_only = false;
+        tracing::info!("remounted read-write");
+        Ok(())
     }
 
     /// Flushes the mounted filesystem to its device (`syncfs(2)`).
@@ -299,6 +343,7 @@ impl Mount {
             device: label,
             fs_type: fs_type.to_owned(),
             read_only,
+            placeholder: false,
             owns_dir,
             mounted: true,
         })

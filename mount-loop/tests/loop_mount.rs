@@ -262,6 +262,42 @@ fn range_past_end_of_block_device_is_rejected() {
 
 #[test]
 #[ignore = "needs root and loop devices; run by cargo xtask integration"]
+fn remount_read_write_allows_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("fs.ext4");
+    make_ext4(&image);
+    let before = fs::read(&image).unwrap();
+    let device = LoopDevice::attach(&image, &AttachOptions::default()).unwrap();
+
+    let mut mount = Mount::new(device.path(), "ext4", true).unwrap();
+    let rejected = fs::write(mount.path().join("early"), b"rejected");
+    let image_while_read_only = fs::read(&image).unwrap();
+    mount.remount_read_write().unwrap();
+    let options = mount_options(mount.path());
+    fs::write(mount.path().join("late"), b"written after the remount\n").unwrap();
+    let read_only_after = mount.is_read_only();
+    mount.close().unwrap();
+    device.close().unwrap();
+
+    assert_eq!(rejected.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    assert!(
+        image_while_read_only == before,
+        "the read-only mount changed the image"
+    );
+    assert!(!read_only_after);
+    assert!(options.split(',').any(|option| option == "rw"), "{options}");
+    assert!(options.contains("nosuid"), "{options}");
+    assert!(options.contains("nodev"), "{options}");
+    assert!(options.contains("noexec"), "{options}");
+    assert_eq!(
+        debugfs_cat(&image, 0, "/late"),
+        b"written after the remount\n"
+    );
+    assert_not_attached(&image);
+}
+
+#[test]
+#[ignore = "needs root and loop devices; run by cargo xtask integration"]
 fn read_only_attach_rejects_writes() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("fs.ext4");
