@@ -1,5 +1,5 @@
-//! Errors of injection. [`InjectError`] names the item that failed and states whether
-//! anything was written, and [`ItemError`] gives the cause.
+//! Errors of injection. [`InjectError`] names the item that failed, when one did, and
+//! states whether anything was written, and [`ItemError`] gives the cause.
 
 use std::io;
 use std::path::PathBuf;
@@ -27,6 +27,13 @@ pub enum InjectError {
         #[source]
         source: Box<ItemError>,
     },
+    /// Remounting the guest filesystems read-write after planning failed; no guest file
+    /// was changed.
+    #[error("remounting the guest filesystems read-write failed; no guest file was changed")]
+    EnablingWrites {
+        #[source]
+        source: VfsError,
+    },
     /// Applying a mandatory item failed. Items before it stay applied, and each file the
     /// failed item touched contains either its old or its new contents.
     #[error("injecting {item} into {target} failed; the items before it stay applied")]
@@ -41,12 +48,13 @@ pub enum InjectError {
 }
 
 impl InjectError {
-    /// Returns the item that failed.
-    pub fn item(&self) -> ItemKind {
+    /// Returns the item that failed, or `None` when the failure belongs to no item.
+    pub fn item(&self) -> Option<ItemKind> {
         match self {
             InjectError::InvalidInput { item, .. }
             | InjectError::Planning { item, .. }
-            | InjectError::Applying { item, .. } => *item,
+            | InjectError::Applying { item, .. } => Some(*item),
+            InjectError::EnablingWrites { .. } => None,
         }
     }
 

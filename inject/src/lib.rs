@@ -10,8 +10,8 @@
 //! applying leaves each touched file with its old or its new contents. Items named in
 //! [`Request::best_effort`] turn their failures into warnings in the [`Report`].
 //!
-//! [`inject`] does both phases, and [`Request::validate_inputs`] checks what can be checked
-//! before an image is opened.
+//! [`inject`] does both phases, with [`GuestFs::enable_writes`] between them, and
+//! [`Request::validate_inputs`] checks what can be checked before an image is opened.
 
 mod apply;
 mod edit;
@@ -32,11 +32,20 @@ pub use request::{FileItem, FileSource, HashMethod, ItemKind, Request, UnknownNa
 
 use vfs_core::GuestFs;
 
-/// Plans and applies `request` on `fs`.
+/// Plans `request` on `fs`, makes its filesystems writable with
+/// [`GuestFs::enable_writes`] when the plan writes anything, and applies the plan.
 ///
-/// Fails when a mandatory item fails. When planning fails nothing was written; when
-/// applying fails the error carries the report of the items before the failure.
+/// Open `fs` with [`vfs_core::registry::OpenOptions::defer_writes`], so that a request
+/// that fails while planning, or has nothing to change, leaves the image as it was. Fails
+/// when a mandatory item fails or the filesystems cannot be made writable. When planning
+/// fails nothing was written; when applying fails the error carries the report of the
+/// items before the failure.
 pub fn inject(fs: &mut dyn GuestFs, request: &Request) -> Result<Report, InjectError> {
     let plan = plan(fs, request)?;
+    let writes = plan.items().iter().any(|item| !item.steps().is_empty());
+    if writes {
+        fs.enable_writes()
+            .map_err(|source| InjectError::EnablingWrites { source })?;
+    }
     apply(fs, plan)
 }

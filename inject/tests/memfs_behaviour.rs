@@ -209,7 +209,7 @@ fn root_missing_from_passwd_writes_nothing() {
 
     let err = inject(&mut fs, &request).unwrap_err();
 
-    assert_eq!(err.item(), ItemKind::Key);
+    assert_eq!(err.item(), Some(ItemKind::Key));
     let message = std::error::Error::source(&err).unwrap().to_string();
     assert!(message.contains("/etc/passwd"), "{message}");
     assert_eq!(fs.snapshot(), before);
@@ -901,7 +901,7 @@ fn mandatory_failure_after_best_effort_item_writes_nothing() {
 
     let err = inject(&mut fs, &request).unwrap_err();
 
-    assert_eq!(err.item(), ItemKind::Password);
+    assert_eq!(err.item(), Some(ItemKind::Password));
     assert_eq!(fs.snapshot(), before);
 }
 
@@ -929,4 +929,91 @@ fn plan_lists_steps_without_writing() {
     );
     let debug = format!("{plan:?}");
     assert!(!debug.contains("ssh-ed25519"), "{debug}");
+}
+
+// ----- deferred writes -----
+
+#[test]
+fn deferred_writes_are_enabled_after_planning() {
+    let mut fs = MemFs::debian_like();
+    fs.set_deferred_writes(true);
+
+    let report = inject(&mut fs, &full_request()).unwrap();
+
+    assert!(report
+        .items
+        .iter()
+        .all(|item| item.outcome == Outcome::Applied));
+    assert!(!fs.writes_deferred());
+    let ops: Vec<MemOp> = fs.calls().iter().map(|(op, _)| *op).collect();
+    let enabled_at = ops.iter().position(|op| *op == MemOp::EnableWrites);
+    let first_change = ops
+        .iter()
+        .position(|op| matches!(op, MemOp::CreateDirAll | MemOp::WriteFile));
+    assert!(enabled_at.is_some(), "{ops:?}");
+    assert!(enabled_at < first_change, "{ops:?}");
+}
+
+#[test]
+fn planning_failure_keeps_writes_deferred() {
+    let mut fs = MemFs::debian_like();
+    fs.add_file(
+        "/etc/shadow",
+        "daemon:*:19000:0:99999:7:::\n",
+        0o640,
+        0,
+        SHADOW_GID,
+    );
+    fs.set_deferred_writes(true);
+    let before = fs.snapshot();
+
+    let err = inject(&mut fs, &full_request()).unwrap_err();
+
+    assert_eq!(err.item(), Some(ItemKind::Password));
+    assert!(fs.writes_deferred());
+    assert!(
+        !fs.calls().iter().any(|(op, _)| *op == MemOp::EnableWrites),
+        "{:?}",
+        fs.calls()
+    );
+    assert_eq!(fs.snapshot(), before);
+}
+
+#[test]
+fn unchanged_request_keeps_writes_deferred() {
+    let mut fs = MemFs::debian_like();
+    fs.add_file("/meta.js", r#"{"uuid": "1"}"#, 0o644, 0, 0);
+    fs.set_deferred_writes(true);
+    let request = Request {
+        metadata: Some(br#"{"uuid": "1"}"#.to_vec()),
+        ..Request::default()
+    };
+
+    let report = inject(&mut fs, &request).unwrap();
+
+    assert!(
+        matches!(report.items[0].outcome, Outcome::Unchanged { .. }),
+        "{report:?}"
+    );
+    assert!(fs.writes_deferred());
+    assert!(
+        !fs.calls().iter().any(|(op, _)| *op == MemOp::EnableWrites),
+        "{:?}",
+        fs.calls()
+    );
+}
+
+#[test]
+fn read_only_guest_fails_at_enable_writes() {
+    let mut fs = MemFs::debian_like();
+    fs.set_read_only(true);
+    let before = fs.snapshot();
+
+    let err = inject(&mut fs, &full_request()).unwrap_err();
+
+    let InjectError::EnablingWrites { source } = &err else {
+        panic!("expected an enable_writes error, got {err:?}");
+    };
+    assert!(matches!(source, VfsError::ReadOnly { .. }), "{source:?}");
+    assert_eq!(fs.snapshot(), before);
 }

@@ -1,5 +1,6 @@
 //! Error paths of planning and applying, on a mocked `GuestFs` whose calls fail on demand:
-//! failing reads, writes that stop halfway, a failing `set_mode`, too little free space.
+//! failing reads, writes that stop halfway, a failing `set_mode`, too little free space, a
+//! failing `enable_writes`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -47,6 +48,7 @@ mockall::mock! {
         fn xattrs(&mut self, path: &GuestPath) -> vfs_core::Result<Vec<(String, Vec<u8>)>>;
         fn set_xattr(&mut self, path: &GuestPath, name: &str, value: &[u8]) -> vfs_core::Result<()>;
         fn free_space(&mut self, path: &GuestPath) -> vfs_core::Result<u64>;
+        fn enable_writes(&mut self) -> vfs_core::Result<()>;
         fn sync(&mut self) -> vfs_core::Result<()>;
         fn close(self: Box<Self>) -> vfs_core::Result<()>;
     }
@@ -84,7 +86,8 @@ fn not_found(path: &GuestPath) -> VfsError {
     VfsError::NotFound { path: path.clone() }
 }
 
-/// The paths a mocked guest wrote or created, in call order.
+/// The paths a mocked guest wrote or created, in call order, with `enable writes` where
+/// `enable_writes` was called.
 type WriteLog = Arc<Mutex<Vec<String>>>;
 
 /// A small guest tree that serves the read-only calls and records writes.
@@ -164,6 +167,11 @@ impl Guest {
                 .ok_or_else(|| not_found(path))
         });
 
+        let enable_log = log.clone();
+        mock.expect_enable_writes().returning(move || {
+            enable_log.lock().unwrap().push("enable writes".to_owned());
+            Ok(())
+        });
         let write_log = log.clone();
         mock.expect_write_file()
             .returning(move |path, contents, _mode| {
@@ -250,6 +258,7 @@ fn failing_set_mode_fails_key_after_write() {
     assert_eq!(
         entries(&log),
         [
+            "enable writes",
             "mkdir /root/.ssh 700",
             "write /root/.ssh/authorized_keys",
             "write /etc/rc.local"
@@ -275,7 +284,7 @@ fn failing_shadow_read_writes_nothing() {
 
     let err = inject(&mut mock, &request).unwrap_err();
 
-    assert_eq!(err.item(), ItemKind::Password);
+    assert_eq!(err.item(), Some(ItemKind::Password));
     let InjectError::Planning { source, .. } = &err else {
         panic!("expected a planning error, got {err:?}");
     };
@@ -330,7 +339,11 @@ fn write_failing_halfway_stops_mandatory_items() {
     assert_eq!(report.items[0].outcome, Outcome::Applied);
     assert_eq!(
         entries(&log),
-        ["write /etc/shadow", "mkdir /etc/network 755"]
+        [
+            "enable writes",
+            "write /etc/shadow",
+            "mkdir /etc/network 755"
+        ]
     );
 }
 
@@ -355,7 +368,10 @@ fn write_failing_in_best_effort_item_gives_warning() {
     assert!(reason.contains("no space left"), "{reason}");
     assert_eq!(report.items[1].kind, ItemKind::Metadata);
     assert_eq!(report.items[1].outcome, Outcome::Applied);
-    assert_eq!(entries(&log), ["mkdir /etc/network 755", "write /meta.js"]);
+    assert_eq!(
+        entries(&log),
+        ["enable writes", "mkdir /etc/network 755", "write /meta.js"]
+    );
 }
 
 #[test]
@@ -386,6 +402,37 @@ fn too_little_free_space_writes_nothing() {
 }
 
 #[test]
+fn failing_enable_writes_writes_nothing() {
+    let mut mock = MockFs::new();
+    mock.expect_enable_writes().times(1).returning(|| {
+        Err(VfsError::Io {
+            op: "remounting read-write",
+            path: GuestPath::root(),
+            source: std::io::Error::other("permission denied"),
+        })
+    });
+    let log = Guest::debian().install(&mut mock);
+
+    let err = inject(&mut mock, &network_request()).unwrap_err();
+
+    let InjectError::EnablingWrites { source } = &err else {
+        panic!("expected an enable_writes error, got {err:?}");
+    };
+    assert!(
+        matches!(
+            source,
+            VfsError::Io {
+                op: "remounting read-write",
+                ..
+            }
+        ),
+        "{source:?}"
+    );
+    assert_eq!(err.item(), None);
+    assert!(entries(&log).is_empty(), "{:?}", entries(&log));
+}
+
+#[test]
 fn free_space_is_shared_between_items() {
     let mut mock = MockFs::new();
     let mut guest = Guest::debian();
@@ -407,7 +454,10 @@ fn free_space_is_shared_between_items() {
 
     assert_eq!(report.items[0].outcome, Outcome::Applied);
     assert!(matches!(report.items[1].outcome, Outcome::Warning { .. }));
-    assert_eq!(entries(&log), ["mkdir /opt 755", "write /opt/a"]);
+    assert_eq!(
+        entries(&log),
+        ["enable writes", "mkdir /opt 755", "write /opt/a"]
+    );
 }
 
 #[test]
@@ -489,7 +539,7 @@ fn failing_create_dir_names_the_directory() {
     };
     assert_eq!(*op, "creating directory");
     assert_eq!(path.as_str(), "/opt/app");
-    assert_eq!(entries(&log), ["mkdir /opt 755"]);
+    assert_eq!(entries(&log), ["enable writes", "mkdir /opt 755"]);
 }
 
 #[test]

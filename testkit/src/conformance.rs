@@ -105,6 +105,7 @@ macro_rules! __with_conformance_checks {
             xattrs_are_sorted_by_name,
             free_space_is_positive,
             fs_type_is_named,
+            enable_writes_on_writable_fs_succeeds,
         }
     };
 }
@@ -419,6 +420,27 @@ pub fn fs_type_is_named(fs: &mut dyn GuestFs) {
     let mounts = fs.mounts();
     assert!(!mounts.is_empty());
     assert!(mounts[0].mount_point.is_root(), "{mounts:?}");
+}
+
+// ----- enable_writes -----
+
+/// Checks that `enable_writes` on a filesystem opened for writing succeeds, and that files
+/// written before and after it are there.
+pub fn enable_writes_on_writable_fs_succeeds(fs: &mut dyn GuestFs) {
+    let dir = fresh_dir(fs, "enable-writes");
+    let before = child(&dir, "before");
+    write(fs, &before, b"before\n", 0o644);
+
+    fs.enable_writes()
+        .expect("enable_writes on a writable filesystem");
+
+    let after = child(&dir, "after");
+    write(fs, &after, b"after\n", 0o644);
+    assert_eq!(
+        fs.read_file(&before).expect("read_file before"),
+        b"before\n"
+    );
+    assert_eq!(fs.read_file(&after).expect("read_file after"), b"after\n");
 }
 
 // ----- symlinks -----

@@ -2,9 +2,9 @@
 //!
 //! It models directories, regular files and symlinks with modes, owners and extended
 //! attributes, and resolves symlinks exactly as the [`GuestFs`] contract defines. Tests can
-//! also give it a capacity (for [`VfsError::NoSpace`]), make it read-only, mark a mount
-//! point whose filesystem is not mounted (for [`VfsError::NotMounted`]), and inject faults
-//! into chosen calls. Every call is recorded, so a test can check which operations a caller
+//! also give it a capacity (for [`VfsError::NoSpace`]), make it read-only or read-only until
+//! [`GuestFs::enable_writes`], mark a mount point whose filesystem is not mounted (for
+//! [`VfsError::NotMounted`]), and inject faults into chosen calls. Every call is recorded, so a test can check which operations a caller
 //! made and in what order.
 //!
 //! The builder methods ([`MemFs::add_dir`], [`MemFs::add_file`], [`MemFs::add_symlink`])
@@ -139,6 +139,8 @@ pub enum MemOp {
     SetXattr,
     /// [`GuestFs::free_space`].
     FreeSpace,
+    /// [`GuestFs::enable_writes`], recorded with the root path.
+    EnableWrites,
     /// [`GuestFs::sync`], recorded with the root path.
     Sync,
     /// [`GuestFs::close`], recorded with the root path.
@@ -217,6 +219,8 @@ pub struct MemFs {
     nodes: BTreeMap<GuestPath, MemNode>,
     capacity: u64,
     read_only: bool,
+    /// True from [`MemFs::set_deferred_writes`] until [`GuestFs::enable_writes`].
+    writes_deferred: bool,
     unmounted: Vec<GuestPath>,
     faults: Vec<Fault>,
     calls: Vec<(MemOp, GuestPath)>,
@@ -228,6 +232,7 @@ impl fmt::Debug for MemFs {
             .field("nodes", &self.nodes)
             .field("capacity", &self.capacity)
             .field("read_only", &self.read_only)
+            .field("writes_deferred", &self.writes_deferred)
             .field("unmounted", &self.unmounted)
             .field("faults", &self.faults.len())
             .finish()
@@ -260,6 +265,7 @@ impl MemFs {
             nodes,
             capacity: bytes,
             read_only: false,
+            writes_deferred: false,
             unmounted: Vec::new(),
             faults: Vec::new(),
             calls: Vec::new(),
@@ -414,9 +420,24 @@ impl MemFs {
     }
 
     /// Makes every later change fail with [`VfsError::ReadOnly`], or allows changes again.
+    /// [`GuestFs::enable_writes`] then fails too, as on an image opened read-only.
     pub fn set_read_only(&mut self, read_only: bool) -> &mut Self {
         self.read_only = read_only;
         self
+    }
+
+    /// Makes every later change fail with [`VfsError::ReadOnly`] until
+    /// [`GuestFs::enable_writes`] is called, as a backend opened with
+    /// [`vfs_core::registry::OpenOptions::defer_writes`] does; `false` allows changes at
+    /// once.
+    pub fn set_deferred_writes(&mut self, deferred: bool) -> &mut Self {
+        self.writes_deferred = deferred;
+        self
+    }
+
+    /// Returns true while changes wait for [`GuestFs::enable_writes`].
+    pub fn writes_deferred(&self) -> bool {
+        self.writes_deferred
     }
 
     /// Adds a fault (see [`Fault`]). Faults are checked in the order they were added, and
@@ -521,7 +542,7 @@ impl MemFs {
     }
 
     fn check_writable(&self, path: &GuestPath) -> Result<()> {
-        if self.read_only {
+        if self.read_only || self.writes_deferred {
             return Err(VfsError::ReadOnly { path: path.clone() });
         }
         Ok(())
@@ -945,6 +966,16 @@ impl GuestFs for MemFs {
         Ok(self.free_bytes())
     }
 
+    fn enable_writes(&mut self) -> Result<()> {
+        let root = GuestPath::root();
+        self.begin(MemOp::EnableWrites, &root)?;
+        if self.read_only {
+            return Err(VfsError::ReadOnly { path: root });
+        }
+        self.writes_deferred = false;
+        Ok(())
+    }
+
     fn sync(&mut self) -> Result<()> {
         self.begin(MemOp::Sync, &GuestPath::root())?;
         Ok(())
@@ -1062,6 +1093,10 @@ impl GuestFs for SharedMemFs {
 
     fn free_space(&mut self, path: &GuestPath) -> Result<u64> {
         self.lock().free_space(path)
+    }
+
+    fn enable_writes(&mut self) -> Result<()> {
+        self.lock().enable_writes()
     }
 
     fn sync(&mut self) -> Result<()> {

@@ -98,6 +98,42 @@ fn read_only_rejects_every_change() {
 }
 
 #[test]
+fn deferred_writes_reject_changes_until_enabled() {
+    let mut fs = MemFs::debian_like();
+    fs.set_deferred_writes(true);
+    let before = fs.snapshot();
+
+    let deferred = write(&mut fs, "/etc/motd", b"deferred\n");
+    let snapshot_while_deferred = fs.snapshot();
+    let enabled = fs.enable_writes();
+    let written = write(&mut fs, "/etc/motd", b"enabled\n");
+
+    assert!(
+        matches!(deferred, Err(VfsError::ReadOnly { .. })),
+        "{deferred:?}"
+    );
+    assert_eq!(snapshot_while_deferred, before);
+    assert!(enabled.is_ok(), "{enabled:?}");
+    assert!(!fs.writes_deferred());
+    assert!(written.is_ok(), "{written:?}");
+    assert_eq!(fs.file_contents("/etc/motd"), Some(&b"enabled\n"[..]));
+}
+
+#[test]
+fn enable_writes_on_read_only_is_read_only() {
+    let mut fs = MemFs::debian_like();
+    fs.set_read_only(true);
+
+    let result = fs.enable_writes();
+
+    assert!(
+        matches!(result, Err(VfsError::ReadOnly { .. })),
+        "{result:?}"
+    );
+    assert_eq!(fs.calls().last().unwrap().0, MemOp::EnableWrites);
+}
+
+#[test]
 fn write_beneath_unmounted_mount_point_is_not_mounted() {
     let mut fs = MemFs::new();
     fs.add_unmounted_mount_point("/boot");

@@ -46,16 +46,30 @@ pub struct OpenOptions {
     pub image: ResolvedImage,
     /// Open without any write access to the image.
     pub read_only: bool,
+    /// Attach the image writable but mount every filesystem read-only, so that nothing on
+    /// the image changes until [`GuestFs::enable_writes`] is called. Ignored when
+    /// `read_only` is set.
+    ///
+    /// A read-write mount changes an ext4 image at once (the mount count and times in the
+    /// superblock), so without this a request that fails while planning would still
+    /// leave the image changed. A read-only mount writes nothing to a clean ext4 or btrfs
+    /// filesystem. Two cases still write: a filesystem with a dirty journal or log is
+    /// recovered at mount, because the device is writable, and XFS writes its log at
+    /// unmount even when mounted read-only. (The clean cases were checked on Linux 6.18
+    /// with loop devices.)
+    pub defer_writes: bool,
     /// Backend-specific `KEY=VALUE` settings, passed to the backend as given.
     pub backend_settings: Vec<String>,
 }
 
 impl OpenOptions {
-    /// Returns options for read-write access with no backend settings.
+    /// Returns options for read-write access, with writes allowed at once and no backend
+    /// settings.
     pub fn new(image: ResolvedImage) -> Self {
         Self {
             image,
             read_only: false,
+            defer_writes: false,
             backend_settings: Vec::new(),
         }
     }

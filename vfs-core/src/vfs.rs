@@ -173,6 +173,14 @@ pub trait GuestFs: Send {
     /// Returns the bytes available for new data on the filesystem that holds `path`.
     fn free_space(&mut self, path: &GuestPath) -> Result<u64>;
 
+    /// Remounts every mounted filesystem read-write, root first, after an open with
+    /// [`OpenOptions::defer_writes`](crate::registry::OpenOptions::defer_writes). Until
+    /// then every change fails with [`VfsError::ReadOnly`].
+    ///
+    /// Does nothing when the filesystems are already writable. Fails with
+    /// [`VfsError::ReadOnly`] when the image was opened read-only.
+    fn enable_writes(&mut self) -> Result<()>;
+
     /// Flushes every change to the image.
     fn sync(&mut self) -> Result<()>;
 

@@ -105,6 +105,15 @@ struct AddDriveScratchArgv {
     blocksize: c_int,
 }
 
+/// `struct guestfs_remount_argv` from `guestfs.h`.
+#[repr(C)]
+struct RemountArgv {
+    bitmask: u64,
+    rw: c_int,
+}
+
+const REMOUNT_RW_BITMASK: u64 = 1 << 0;
+
 /// `guestfs_event_callback` from `guestfs.h`.
 type EventCallback = extern "C" fn(
     g: *mut GuestfsH,
@@ -223,6 +232,11 @@ fn guestfs_mount_options(
     options: *const c_char,
     mountable: *const c_char,
     mountpoint: *const c_char,
+) -> c_int;
+fn guestfs_remount_argv(
+    g: *mut GuestfsH,
+    mountpoint: *const c_char,
+    optargs: *const RemountArgv,
 ) -> c_int;
 
 fn guestfs_realpath(g: *mut GuestfsH, path: *const c_char) -> *mut c_char;
@@ -626,6 +640,18 @@ impl GuestfsHandle for Appliance {
                 mountpoint.as_ptr(),
             )
         };
+        self.check(status)
+    }
+
+    fn remount(&mut self, mountpoint: &str, rw: bool) -> Result<(), HandleError> {
+        let mountpoint = c_string(mountpoint)?;
+        let optargs = RemountArgv {
+            bitmask: REMOUNT_RW_BITMASK,
+            rw: c_int::from(rw),
+        };
+        // SAFETY: the handle is valid, the string outlives the call, and the optargs struct
+        // matches guestfs.h with only the bit of the field set here raised.
+        let status = unsafe { guestfs_remount_argv(self.handle, mountpoint.as_ptr(), &optargs) };
         self.check(status)
     }
 

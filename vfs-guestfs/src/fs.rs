@@ -18,7 +18,7 @@ use vfs_core::{
 use crate::appliance::Appliance;
 use crate::error::vfs_error;
 use crate::handle::{GuestfsHandle, HandleError, Stat};
-use crate::open::MountTable;
+use crate::open::{MountTable, WriteAccess};
 
 /// The largest piece of data sent or read in one libguestfs call. The protocol caps one
 /// message at 4 MiB, and the libguestfs documentation advises staying below 2 MiB.
@@ -36,6 +36,7 @@ pub struct GuestfsFs<H: GuestfsHandle = Appliance> {
     /// The handle; `None` once closed.
     handle: Option<H>,
     mounts: MountTable,
+    access: WriteAccess,
     /// Distinguishes temporary file names made by this process.
     temp_counter: u64,
 }
@@ -51,11 +52,12 @@ struct Target {
 }
 
 impl<H: GuestfsHandle> GuestfsFs<H> {
-    /// Wraps a launched handle with its mounted filesystems.
-    pub(crate) fn new(handle: H, mounts: MountTable) -> Self {
+    /// Wraps a launched handle with its mounted filesystems, mounted as `access` says.
+    pub(crate) fn new(handle: H, mounts: MountTable, access: WriteAccess) -> Self {
         Self {
             handle: Some(handle),
             mounts,
+            access,
             temp_counter: 0,
         }
     }
@@ -581,6 +583,33 @@ impl<H: GuestfsHandle> GuestFs for GuestfsFs<H> {
             stat.block_size
         };
         Ok(stat.blocks_available.saturating_mul(unit))
+    }
+
+    fn enable_writes(&mut self) -> Result<()> {
+        match self.access {
+            WriteAccess::ReadOnly => Err(VfsError::ReadOnly {
+                path: GuestPath::root(),
+            }),
+            WriteAccess::Enabled => Ok(()),
+            WriteAccess::Deferred => {
+                let _span = tracing::info_span!("enable_writes").entered();
+                // The table lists the root first and every mount point after its parents.
+                let mount_points: Vec<GuestPath> = self
+                    .mounts
+                    .mounted
+                    .iter()
+                    .map(|mounted| mounted.mount_point.clone())
+                    .collect();
+                for mount_point in mount_points {
+                    self.handle()
+                        .remount(mount_point.as_str(), true)
+                        .map_err(|error| vfs_error("remounting read-write", &mount_point, error))?;
+                }
+                self.access = WriteAccess::Enabled;
+                tracing::info!("filesystems remounted read-write");
+                Ok(())
+            }
+        }
     }
 
     fn sync(&mut self) -> Result<()> {

@@ -114,6 +114,10 @@ pub trait GuestfsHandle: Send {
         mountpoint: &str,
     ) -> Result<(), HandleError>;
 
+    /// `guestfs_remount` with `rw` given: makes the filesystem mounted at `mountpoint`
+    /// read-write (`true`) or read-only (`false`).
+    fn remount(&mut self, mountpoint: &str, rw: bool) -> Result<(), HandleError>;
+
     /// `guestfs_realpath`: the path with every symlink resolved inside the guest.
     fn realpath(&mut self, path: &str) -> Result<String, HandleError>;
     /// `guestfs_statns`, following symlinks.

@@ -8,6 +8,10 @@
 //! operating system that inspection finds with the filesystems its fstab lists.
 //! [`check_launch`] does a test launch.
 //!
+//! With [`OpenOptions::defer_writes`] the drive is added writable but every filesystem is
+//! mounted with `ro`, and [`GuestFs::enable_writes`] remounts each read-write
+//! (`guestfs_remount`), root first.
+//!
 //! # Bindings
 //!
 //! The crate calls the libguestfs C API through its own small wrapper ([`Appliance`])
@@ -71,7 +75,11 @@ pub(crate) fn open_with<H: GuestfsHandle>(
         .and_then(|()| open::add_drive_and_launch(&mut handle, options))
         .and_then(|()| open::mount_filesystems(&mut handle, options));
     match result {
-        Ok(mounts) => Ok(GuestfsFs::new(handle, mounts)),
+        Ok(mounts) => Ok(GuestfsFs::new(
+            handle,
+            mounts,
+            open::WriteAccess::of(options),
+        )),
         Err(error) => {
             // Dropping the handle would kill qemu; shut it down cleanly first.
             if let Err(shutdown) = handle.shutdown() {

@@ -25,6 +25,31 @@ pub(crate) struct Mounted {
     pub fs_type: String,
 }
 
+/// Whether the filesystems of an opened image accept changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteAccess {
+    /// The drive and every filesystem are read-only for good.
+    ReadOnly,
+    /// The drive is writable but every filesystem is mounted read-only until
+    /// [`vfs_core::GuestFs::enable_writes`].
+    Deferred,
+    /// Every filesystem is mounted read-write.
+    Enabled,
+}
+
+impl WriteAccess {
+    /// Returns the access that `options` requests.
+    pub(crate) fn of(options: &OpenOptions) -> Self {
+        if options.read_only {
+            Self::ReadOnly
+        } else if options.defer_writes {
+            Self::Deferred
+        } else {
+            Self::Enabled
+        }
+    }
+}
+
 /// The filesystems of an opened image.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct MountTable {
@@ -116,13 +141,17 @@ pub(crate) fn add_drive_and_launch<H: GuestfsHandle>(
     Ok(())
 }
 
-/// Chooses the filesystems the request names and mounts them.
+/// Chooses the filesystems the request names and mounts them, read-only unless writes
+/// are enabled at once.
 pub(crate) fn mount_filesystems<H: GuestfsHandle>(
     handle: &mut H,
     options: &OpenOptions,
 ) -> Result<MountTable, GuestfsError> {
     let image = &options.image.path;
-    let mount_options = if options.read_only { "ro" } else { "" };
+    let mount_options = match WriteAccess::of(options) {
+        WriteAccess::ReadOnly | WriteAccess::Deferred => "ro",
+        WriteAccess::Enabled => "",
+    };
     match &options.image.partition {
         PartitionSelector::Auto => mount_inspected(handle, image, mount_options),
         selector => {
@@ -784,6 +813,28 @@ mod tests {
             .returning(|_, _, _| Err(failure("mount: bad superblock")));
         let error = mount_filesystems(&mut handle, &options(PartitionSelector::Auto)).unwrap_err();
         assert!(matches!(error, GuestfsError::Mounting { .. }), "{error}");
+    }
+
+    #[test]
+    fn deferred_writes_mount_ro_on_writable_drive() {
+        let mut handle = MockGuestfsHandle::new();
+        handle
+            .expect_add_drive()
+            .withf(|_, _, read_only| !*read_only)
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        handle.expect_launch().times(1).returning(|| Ok(()));
+        handle.expect_vfs_type().returning(|_| Ok("ext4".into()));
+        handle
+            .expect_mount_options()
+            .with(eq("ro"), eq("/dev/sda"), eq("/"))
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        let mut options = options(PartitionSelector::None);
+        options.defer_writes = true;
+
+        add_drive_and_launch(&mut handle, &options).unwrap();
+        mount_filesystems(&mut handle, &options).unwrap();
     }
 
     #[test]

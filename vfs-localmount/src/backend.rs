@@ -9,6 +9,11 @@
 //! `/etc/fstab` lists are mounted beneath it.
 //!
 //! Every file operation then goes through a [`RootedTree`] on the mounted root.
+//!
+//! With [`OpenOptions::defer_writes`], the loop devices are attached writable but every
+//! filesystem is mounted read-only, and [`GuestFs::enable_writes`] remounts them read-write.
+//! A mount point from `/etc/fstab` whose directory is missing is created and mounted only
+//! then, because creating it is a write.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -129,6 +134,9 @@ pub enum LocalMountError {
 pub struct LocalMount {
     image: PathBuf,
     read_only: bool,
+    /// True while the filesystems are mounted read-only for an open with
+    /// [`OpenOptions::defer_writes`], until [`GuestFs::enable_writes`].
+    writes_deferred: bool,
     /// The guest tree; `None` only while closing.
     tree: Option<RootedTree>,
     /// Filesystems and placeholders mounted beneath the root, parents first.
@@ -141,10 +149,24 @@ pub struct LocalMount {
     nbd: Option<NbdAttachment>,
     /// Mount points from `/etc/fstab` whose filesystem is not mounted.
     unmounted: Vec<GuestPath>,
+    /// Filesystems from `/etc/fstab` whose mount point directory is missing, to be mounted
+    /// by [`GuestFs::enable_writes`], parents first.
+    pending: Vec<PendingMount>,
     /// qemu's locks on a raw image.
     lock: Option<ImageLock>,
     /// True once everything has been released.
     closed: bool,
+}
+
+/// A filesystem whose mount point directory must be created before it is mounted.
+#[derive(Debug, Clone)]
+struct PendingMount {
+    mount_point: GuestPath,
+    /// The loop device of the volume, already attached.
+    device: PathBuf,
+    fs_type: String,
+    /// The volume, described for messages.
+    description: String,
 }
 
 /// The disk whose volumes are mounted: the raw image itself, or the NBD export of another
@@ -175,6 +197,7 @@ pub fn open(options: &OpenOptions) -> Result<LocalMount, LocalMountError> {
         format = %options.image.format,
         partition = %options.image.partition,
         read_only = options.read_only,
+        defer_writes = options.defer_writes,
     );
     let _entered = span.enter();
 
@@ -187,12 +210,14 @@ pub fn open(options: &OpenOptions) -> Result<LocalMount, LocalMountError> {
     let mut fs = LocalMount {
         image: image.clone(),
         read_only: options.read_only,
+        writes_deferred: options.defer_writes && !options.read_only,
         tree: None,
         guest_mounts: Vec::new(),
         root_mount: None,
         loops: Vec::new(),
         nbd: None,
         unmounted: Vec::new(),
+        pending: Vec::new(),
         lock: None,
         closed: false,
     };
@@ -381,7 +406,7 @@ impl LocalMount {
             })?
             .to_owned();
 
-        let read_only = self.read_only;
+        let read_only = self.mounts_read_only();
         let device = self.loop_for(disk, volumes, index)?.path().to_owned();
         let mount = Mount::new(&device, &fs_type, read_only).map_err(|source| {
             LocalMountError::Mounting {
@@ -518,7 +543,8 @@ impl LocalMount {
     }
 
     /// Mounts volume `index` on the guest directory `mount_point`, creating the directory
-    /// when it is missing and the image is writable.
+    /// when it is missing and the image is writable. While writes are deferred, a missing
+    /// directory makes the mount wait for [`GuestFs::enable_writes`].
     fn mount_beneath(
         &mut self,
         disk: &Disk,
@@ -531,7 +557,6 @@ impl LocalMount {
         let fs_type = mountable_type(volume)
             .expect("checked by the caller")
             .to_owned();
-        let read_only = self.read_only;
 
         let exists = self.tree_mut().exists(mount_point).map_err(|source| {
             LocalMountError::PreparingTree {
@@ -539,39 +564,119 @@ impl LocalMount {
                 source,
             }
         })?;
-        if !exists {
-            if read_only {
-                tracing::warn!(
-                    "the mount point directory is missing, so the filesystem stays unmounted"
-                );
-                return self.cover_unmounted(mount_point);
-            }
-            let created = self
-                .tree_mut()
-                .create_dir_all(mount_point, MOUNT_POINT_MODE);
-            created.map_err(|source| LocalMountError::PreparingTree {
-                image: self.image.clone(),
-                source,
-            })?;
+        if !exists && self.read_only {
+            tracing::warn!(
+                "the mount point directory is missing, so the filesystem stays unmounted"
+            );
+            return self.cover_unmounted(mount_point);
         }
 
         let device = self.loop_for(disk, volumes, index)?.path().to_owned();
-        let tree = self.tree.as_ref().expect("the root is mounted");
-        let mount = GuestMount::mount_device(tree, mount_point, &device, &fs_type, read_only)
-            .map_err(|source| LocalMountError::MountingGuestDir {
-                image: self.image.clone(),
-                volume: description.clone(),
-                source: Box::new(source),
+        let pending = PendingMount {
+            mount_point: mount_point.clone(),
+            device,
+            fs_type,
+            description,
+        };
+        if !exists && self.writes_deferred {
+            tracing::info!("the mount point directory is missing, so the filesystem is mounted once writes are enabled");
+            self.pending.push(pending);
+            return Ok(());
+        }
+        if !exists {
+            self.create_mount_point(mount_point).map_err(|source| {
+                LocalMountError::PreparingTree {
+                    image: self.image.clone(),
+                    source,
+                }
             })?;
-        self.guest_mounts.push(mount);
+        }
+        self.mount_device_at(&pending)
+    }
 
-        let recorded = self
-            .tree_mut()
-            .record_mount(mount_point, description, fs_type);
+    fn create_mount_point(&mut self, mount_point: &GuestPath) -> Result<(), VfsError> {
+        self.tree_mut()
+            .create_dir_all(mount_point, MOUNT_POINT_MODE)
+    }
+
+    /// Mounts an attached device on its existing guest directory and records the mount.
+    fn mount_device_at(&mut self, mount: &PendingMount) -> Result<(), LocalMountError> {
+        let read_only = self.mounts_read_only();
+        let tree = self.tree.as_ref().expect("the root is mounted");
+        let mounted = GuestMount::mount_device(
+            tree,
+            &mount.mount_point,
+            &mount.device,
+            &mount.fs_type,
+            read_only,
+        )
+        .map_err(|source| LocalMountError::MountingGuestDir {
+            image: self.image.clone(),
+            volume: mount.description.clone(),
+            source: Box::new(source),
+        })?;
+        self.guest_mounts.push(mounted);
+
+        let recorded = self.tree_mut().record_mount(
+            &mount.mount_point,
+            mount.description.clone(),
+            mount.fs_type.clone(),
+        );
         recorded.map_err(|source| LocalMountError::PreparingTree {
             image: self.image.clone(),
             source,
         })
+    }
+
+    /// Returns true when filesystems are mounted read-only: for a read-only open, and while
+    /// writes are deferred.
+    fn mounts_read_only(&self) -> bool {
+        self.read_only || self.writes_deferred
+    }
+
+    /// Remounts the root and then every filesystem beneath it read-write, parents first,
+    /// and mounts the filesystems whose mount point directory was missing.
+    ///
+    /// A failure leaves writes deferred, so a second call tries again; filesystems that were
+    /// already remounted stay writable.
+    fn remount_read_write(&mut self) -> Result<(), VfsError> {
+        let span = tracing::info_span!("enable_writes", image = %self.image.display());
+        let _entered = span.enter();
+        let remounting = |mount_point: &GuestPath, source: io::Error| VfsError::Io {
+            op: "remounting read-write",
+            path: mount_point.clone(),
+            source,
+        };
+
+        let root = self.root_mount.as_mut().expect("the root is mounted");
+        root.remount_read_write()
+            .map_err(|err| remounting(&GuestPath::root(), io::Error::other(err)))?;
+        for mount in &mut self.guest_mounts {
+            mount
+                .remount_read_write()
+                .map_err(|err| remounting(mount.mount_point(), io::Error::other(err)))?;
+        }
+
+        // Cleared first, so that the pending filesystems are mounted read-write.
+        self.writes_deferred = false;
+        while let Some(pending) = self.pending.first().cloned() {
+            let mounted = self
+                .create_mount_point(&pending.mount_point)
+                .and_then(|()| {
+                    self.mount_device_at(&pending).map_err(|err| VfsError::Io {
+                        op: "mounting",
+                        path: pending.mount_point.clone(),
+                        source: io::Error::other(err),
+                    })
+                });
+            if let Err(err) = mounted {
+                self.writes_deferred = true;
+                return Err(err);
+            }
+            self.pending.remove(0);
+        }
+        tracing::info!("filesystems remounted read-write");
+        Ok(())
     }
 
     /// Makes writes beneath `mount_point` fail: covers the directory with an empty
@@ -635,7 +740,7 @@ impl LocalMount {
             };
 
         if let Some(tree) = self.tree.take() {
-            if !self.read_only {
+            if !self.mounts_read_only() {
                 record(
                     "flushing the guest filesystems",
                     tree.sync_all().map_err(Into::into),
@@ -898,6 +1003,23 @@ impl GuestFs for LocalMount {
 
     fn free_space(&mut self, path: &GuestPath) -> vfs_core::Result<u64> {
         self.tree_mut().free_space(path)
+    }
+
+    /// Remounts every filesystem read-write after an open with
+    /// [`OpenOptions::defer_writes`].
+    ///
+    /// A filesystem mounted read-only from a writable loop device may already have been
+    /// written at open: ext4 replays a dirty journal, and XFS writes its log at unmount.
+    fn enable_writes(&mut self) -> vfs_core::Result<()> {
+        if self.read_only {
+            return Err(VfsError::ReadOnly {
+                path: GuestPath::root(),
+            });
+        }
+        if !self.writes_deferred {
+            return Ok(());
+        }
+        self.remount_read_write()
     }
 
     fn sync(&mut self) -> vfs_core::Result<()> {

@@ -12,7 +12,9 @@ use std::thread;
 use std::time::Duration;
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::Mode;
 use vfs_core::GuestPath;
 
 use crate::sys;
@@ -39,6 +41,14 @@ pub enum GuestMountError {
         source_name: String,
         fs_type: String,
         mount_point: GuestPath,
+        #[source]
+        source: io::Error,
+    },
+    /// The filesystem could not be remounted read-write.
+    #[error("remounting guest directory {mount_point} ({host_path}) read-write failed")]
+    Remounting {
+        mount_point: GuestPath,
+        host_path: PathBuf,
         #[source]
         source: io::Error,
     },
@@ -69,6 +79,8 @@ pub struct GuestMount {
     /// The device number of the mounted filesystem, checked before unmounting.
     dev: u64,
     read_only: bool,
+    /// Whether this is an empty placeholder, which stays read-only.
+    placeholder: bool,
     mounted: bool,
 }
 
@@ -102,6 +114,7 @@ impl GuestMount {
             flags,
             None,
             read_only,
+            false,
         )?;
         tracing::info!("mounted");
         Ok(mount)
@@ -125,11 +138,13 @@ impl GuestMount {
             flags,
             Some("mode=0555,size=4k"),
             true,
+            true,
         )?;
         tracing::info!("covered a mount point with a read-only placeholder");
         Ok(mount)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn mount(
         tree: &RootedTree,
         mount_point: &GuestPath,
@@ -138,6 +153,7 @@ impl GuestMount {
         flags: MsFlags,
         data: Option<&str>,
         read_only: bool,
+        placeholder: bool,
     ) -> Result<Self, GuestMountError> {
         let dir =
             tree.open_dir(mount_point)
@@ -185,6 +201,7 @@ impl GuestMount {
             host_path,
             dev,
             read_only,
+            placeholder,
             mounted: true,
         })
     }
@@ -192,6 +209,54 @@ impl GuestMount {
     /// Returns the guest directory the filesystem is mounted on.
     pub fn mount_point(&self) -> &GuestPath {
         &self.mount_point
+    }
+
+    /// Remounts a read-only filesystem read-write, keeping `nosuid`, `nodev` and `noexec`.
+    /// Does nothing when it is already writable, or when it is a placeholder, which exists
+    /// to reject writes.
+    ///
+    /// The mount point is reached as for unmounting, by its host path, and the directory
+    /// opened there must carry the mounted filesystem's device number.
+    pub fn remount_read_write(&mut self) -> Result<(), GuestMountError> {
+        if !self.read_only || self.placeholder || !self.mounted {
+            return Ok(());
+        }
+        let span = tracing::info_span!("remount_read_write", mount_point = %self.mount_point);
+        let _entered = span.enter();
+        let remounting = |source: io::Error| GuestMountError::Remounting {
+            mount_point: self.mount_point.clone(),
+            host_path: self.host_path.clone(),
+            source,
+        };
+
+        let root = nix::fcntl::open(
+            &self.host_path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| remounting(errno.into()))?;
+        let current = nix::sys::stat::fstat(&root).map_err(|errno| remounting(errno.into()))?;
+        if current.st_dev != self.dev {
+            return Err(remounting(io::Error::other(format!(
+                "the path now leads to device {:#x}, not the mounted {:#x}",
+                current.st_dev, self.dev
+            ))));
+        }
+
+        let flags =
+            MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        let fd_path = sys::proc_fd_path(root.as_fd());
+        nix::mount::mount(
+            None::<&str>,
+            fd_path.as_c_str(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(|errno| remounting(errno.into()))?;
+        self.read_only = false;
+        tracing::info!("remounted read-write");
+        Ok(())
     }
 
     /// Flushes and unmounts, reporting the first failure. A mount that does not unmount

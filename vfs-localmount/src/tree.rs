@@ -827,6 +827,12 @@ impl GuestFs for RootedTree {
         Ok(stats.blocks_available() as u64 * stats.fragment_size() as u64)
     }
 
+    /// Does nothing: the tree mounts nothing itself, so whoever mounted the directories it
+    /// works on decides whether they are writable. [`crate::LocalMount`] remounts its own.
+    fn enable_writes(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     fn sync(&mut self) -> Result<()> {
         self.sync_all()
     }

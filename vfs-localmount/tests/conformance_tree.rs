@@ -84,6 +84,9 @@ impl GuestFs for TempGuest {
     fn free_space(&mut self, path: &GuestPath) -> Result<u64> {
         self.tree.free_space(path)
     }
+    fn enable_writes(&mut self) -> Result<()> {
+        self.tree.enable_writes()
+    }
     fn sync(&mut self) -> Result<()> {
         self.tree.sync()
     }

@@ -34,6 +34,10 @@ pub fn resolve_image(args: &ImageArgs) -> Result<ResolvedImage, Failure> {
 }
 
 /// Opens a resolved image with the chosen backend, showing progress on a terminal.
+///
+/// An image opened for writing has its filesystems mounted read-only until
+/// [`GuestFs::enable_writes`], so that a request that fails before writing leaves the image
+/// unchanged.
 pub fn open_image(
     args: &ImageArgs,
     image: ResolvedImage,
@@ -42,6 +46,7 @@ pub fn open_image(
     let options = OpenOptions {
         image,
         read_only,
+        defer_writes: !read_only,
         backend_settings: args.backend_settings.clone(),
     };
     let backend =

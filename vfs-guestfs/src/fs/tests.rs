@@ -47,7 +47,7 @@ fn root_table() -> MountTable {
 /// Wraps a mock in a filesystem whose drop expects one shutdown.
 fn filesystem(mut handle: MockGuestfsHandle, mounts: MountTable) -> GuestfsFs<MockGuestfsHandle> {
     handle.expect_shutdown().times(1).returning(|| Ok(()));
-    GuestfsFs::new(handle, mounts)
+    GuestfsFs::new(handle, mounts, WriteAccess::Enabled)
 }
 
 /// Expects `/etc/shadow` to resolve to itself, as an existing file owned by 0:42.
@@ -564,7 +564,8 @@ fn close_reports_failed_shutdown() {
             errno: 0,
         })
     });
-    let fs: Box<GuestfsFs<MockGuestfsHandle>> = Box::new(GuestfsFs::new(handle, root_table()));
+    let fs: Box<GuestfsFs<MockGuestfsHandle>> =
+        Box::new(GuestfsFs::new(handle, root_table(), WriteAccess::Enabled));
 
     let error = fs.close().unwrap_err();
     assert!(error.to_string().contains("qemu did not exit"), "{error}");
@@ -575,4 +576,75 @@ fn drop_shuts_appliance_down_once() {
     let handle = MockGuestfsHandle::new();
     let fs = filesystem(handle, root_table());
     drop(fs);
+}
+
+fn root_and_boot_table() -> MountTable {
+    let mut table = root_table();
+    table.mounted.push(Mounted {
+        mount_point: path("/boot"),
+        device: "/dev/sda1".into(),
+        fs_type: "ext4".into(),
+    });
+    table
+}
+
+#[test]
+fn enable_writes_remounts_root_before_boot() {
+    let mut handle = MockGuestfsHandle::new();
+    let mut sequence = mockall::Sequence::new();
+    for mount_point in ["/", "/boot"] {
+        handle
+            .expect_remount()
+            .with(eq(mount_point), eq(true))
+            .times(1)
+            .in_sequence(&mut sequence)
+            .returning(|_, _| Ok(()));
+    }
+    let mut fs = filesystem(handle, root_and_boot_table());
+    fs.access = WriteAccess::Deferred;
+
+    fs.enable_writes().unwrap();
+    // The second call finds the filesystems writable and remounts nothing.
+    fs.enable_writes().unwrap();
+}
+
+#[test]
+fn enable_writes_on_read_only_is_read_only() {
+    let mut handle = MockGuestfsHandle::new();
+    handle.expect_remount().never();
+    let mut fs = filesystem(handle, root_table());
+    fs.access = WriteAccess::ReadOnly;
+
+    let error = fs.enable_writes().unwrap_err();
+
+    assert!(matches!(error, VfsError::ReadOnly { .. }), "{error:?}");
+}
+
+#[test]
+fn failed_remount_names_mount_point() {
+    let mut handle = MockGuestfsHandle::new();
+    handle
+        .expect_remount()
+        .with(eq("/"), eq(true))
+        .returning(|_, _| Ok(()));
+    handle
+        .expect_remount()
+        .with(eq("/boot"), eq(true))
+        .returning(|_, _| {
+            Err(HandleError {
+                message: "mount: /sysroot/boot: cannot remount read-write".into(),
+                errno: 0,
+            })
+        });
+    let mut fs = filesystem(handle, root_and_boot_table());
+    fs.access = WriteAccess::Deferred;
+
+    let error = fs.enable_writes().unwrap_err();
+
+    let VfsError::Backend { op, path, .. } = &error else {
+        panic!("expected a backend error, got {error:?}");
+    };
+    assert_eq!(*op, "remounting read-write");
+    assert_eq!(path.as_str(), "/boot");
+    assert_eq!(fs.access, WriteAccess::Deferred);
 }

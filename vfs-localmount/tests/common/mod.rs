@@ -392,6 +392,9 @@ impl GuestFs for CheckedFs {
     fn free_space(&mut self, path: &GuestPath) -> Result<u64> {
         self.fs().free_space(path)
     }
+    fn enable_writes(&mut self) -> Result<()> {
+        self.fs().enable_writes()
+    }
     fn sync(&mut self) -> Result<()> {
         self.fs().sync()
     }
