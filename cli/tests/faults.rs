@@ -97,7 +97,8 @@ fn bytes_read(pid: u32) -> Option<u64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
-/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+/// Polls `condition` until it is true or `timeout` passes, and returns whether it became
+/// true.
 fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -363,7 +364,7 @@ fn run_at_once(
     (finished, started.elapsed())
 }
 
-/// Returns the loop devices a run's log says it attached.
+/// Returns the loop devices named in a run's `attached loop device` log lines.
 fn attached_loop_devices(stderr: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(stderr);
     text.lines()
@@ -379,7 +380,7 @@ fn attached_loop_devices(stderr: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Checks that every run succeeded and that each image holds its own instance name,
+/// Checks that every run succeeded and that each image contains its own instance name,
 /// which a loop device shared by two runs at once would break.
 fn check_runs(runs: &[(LoadRun, Output)]) {
     for (run, output) in runs {
@@ -391,7 +392,7 @@ fn check_runs(runs: &[(LoadRun, Output)]) {
         assert_eq!(
             written,
             run.instance,
-            "{} holds another run's file",
+            "{} contains another run's file",
             run.image.path.display()
         );
     }

@@ -3,7 +3,7 @@
 //! and an image that a running qemu uses is rejected before any work.
 //!
 //! The apply-time failure is real, not simulated: the image gets a directory `/locked`
-//! with the ext4 immutable flag, which `debugfs` sets without mounting. Planning sees an
+//! with the ext4 immutable flag, which `debugfs` sets without mounting. Planning finds an
 //! ordinary directory, so the request passes planning, and then the guest kernel (the
 //! host's for localmount, the appliance's for guestfs) rejects creating the file in it.
 //! The items before that file (key, password, network, metadata) are written first, so
