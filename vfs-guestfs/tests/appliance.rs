@@ -2,8 +2,8 @@
 //!
 //! Each launch takes about 20 s under TCG, so the tests launch few appliances. One runs the
 //! whole conformance suite and a few backend checks on one handle. The others open an MBR
-//! disk by inspection, open read-only by label, fail on a missing partition, and do the
-//! test launch. Results are
+//! disk by inspection, open read-only by label, open with writes deferred, fail on a
+//! missing partition, and do the test launch. Results are
 //! checked after close with `debugfs`, independently of libguestfs, and every test checks
 //! that no qemu process outlives it. A lock runs the tests one at a time, because the leak
 //! check counts every qemu process this test binary started.
@@ -220,6 +220,55 @@ fn read_only_label_open_rejects_writes() {
 
     let after = std::fs::read(&image.path).unwrap();
     assert!(before == after, "a read-only open changed the image");
+}
+
+#[test]
+#[ignore = "needs libguestfs and an appliance launch (~20 s); run by cargo xtask integration"]
+fn deferred_writes_wait_for_enable_writes() {
+    let _lock = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let image = images::tiny_mbr_boot_first()
+        .expect("build the tiny MBR image")
+        .fresh_copy(dir.path())
+        .unwrap();
+    let before = testkit::hostile::sha256(&image.path).unwrap();
+    let mut options = options(&image, PartitionSelector::Auto);
+    options.defer_writes = true;
+    let mut fs = vfs_guestfs::open(&options).expect("open with writes deferred");
+
+    let shadow = fs.read_file(&path("/etc/shadow"));
+    let into_root = fs.write_file(&path("/etc/deferred"), &mut &b"x"[..], 0o644);
+    let into_boot = fs.create_dir_all(&path("/boot/deferred"), 0o755);
+    // The sync pushes the appliance's cached writes to qemu, which writes them into the raw
+    // image file, so the hash below sees every change made so far.
+    fs.sync().unwrap();
+    let while_deferred = testkit::hostile::sha256(&image.path).unwrap();
+    fs.enable_writes().expect("enable writes");
+    fs.write_file(&path("/etc/enabled"), &mut &b"root\n"[..], 0o644)
+        .unwrap();
+    fs.write_file(&path("/boot/enabled"), &mut &b"boot\n"[..], 0o644)
+        .unwrap();
+    Box::new(fs).close().expect("close");
+
+    assert!(shadow.is_ok(), "{shadow:?}");
+    assert!(
+        matches!(into_root, Err(VfsError::ReadOnly { .. })),
+        "{into_root:?}"
+    );
+    assert!(
+        matches!(into_boot, Err(VfsError::ReadOnly { .. })),
+        "{into_boot:?}"
+    );
+    assert_eq!(
+        while_deferred, before,
+        "the image changed before enable_writes"
+    );
+    assert_no_leaks(dir.path());
+    let root = image.root_reader().unwrap();
+    let boot = image.boot_reader().unwrap().expect("a /boot filesystem");
+    assert_eq!(root.cat_string("/etc/enabled").unwrap(), "root\n");
+    assert_eq!(boot.cat_string("/enabled").unwrap(), "boot\n");
+    assert!(!root.exists("/etc/deferred").unwrap());
 }
 
 #[test]

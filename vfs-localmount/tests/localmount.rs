@@ -163,6 +163,53 @@ fn missing_fstab_filesystems_reject_writes() {
 
 #[test]
 #[ignore = "needs root and loop devices; run by cargo xtask integration"]
+fn missing_mount_point_waits_for_enable_writes() {
+    // /data is listed in /etc/fstab but missing from the root filesystem. Creating it is
+    // a write, so with writes deferred it is created and mounted by enable_writes.
+    let scratch = Scratch::new(Layout::MbrBootFirst, DiskFormat::Raw);
+    let fstab =
+        format!("UUID={ROOT_UUID} / ext4 defaults 0 1\nUUID={BOOT_UUID} /data ext4 defaults 0 2\n");
+    custom_mbr(&scratch, &fstab, |_| {});
+    let before = fs::read(&scratch.image).unwrap();
+    let mut options = scratch.options(PartitionSelector::Auto);
+    options.defer_writes = true;
+    let mut fs = vfs_localmount::open(&options).unwrap();
+
+    let points_deferred = mount_point_names(&fs.mounts());
+    let data_deferred = fs.exists(&guest("/data")).unwrap();
+    let unchanged_while_deferred = fs::read(&scratch.image).unwrap() == before;
+    fs.enable_writes().unwrap();
+    let points_enabled = mount_point_names(&fs.mounts());
+    write(&mut fs, "/data/new", b"on the boot filesystem\n").unwrap();
+    Box::new(fs).close().unwrap();
+
+    assert_eq!(points_deferred, ["/"]);
+    assert!(!data_deferred);
+    assert!(
+        unchanged_while_deferred,
+        "the image changed before enable_writes"
+    );
+    assert_eq!(points_enabled, ["/", "/data"]);
+    scratch.assert_no_leaks();
+    assert_eq!(
+        debugfs_cat(&scratch.image, MBR_BOOT_OFFSET, "/new").as_deref(),
+        Some(&b"on the boot filesystem\n"[..])
+    );
+    assert_eq!(
+        debugfs_cat(&scratch.image, MBR_ROOT_OFFSET, "/data/new"),
+        None
+    );
+}
+
+fn mount_point_names(mounts: &[vfs_core::MountInfo]) -> Vec<String> {
+    mounts
+        .iter()
+        .map(|mount| mount.mount_point.to_string())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root and loop devices; run by cargo xtask integration"]
 fn symlinked_mount_point_mounts_inside_guest() {
     // The guest's /boot is a symlink to a host directory's absolute path. The boot
     // filesystem must be mounted on that path inside the guest, never on the host
