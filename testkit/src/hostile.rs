@@ -345,12 +345,22 @@ pub fn host_symlinks(dir: &Path, host: &Path, targets: LinkTargets) -> Result<Ho
 }
 
 /// Builds a copy of the tiny whole-disk ext4 image in `dir` whose first bytes are a qcow2
-/// header (made by `qemu-img create`) naming `backing` as its raw backing file. The
-/// filesystem is intact, because ext4 never uses its first 1024 bytes, and the sidecar
-/// declares the image raw.
+/// header naming `backing` as its raw backing file, as [`write_qcow2_header`] writes it.
+/// The sidecar declares the image raw.
 pub fn raw_with_qcow2_header(dir: &Path, backing: &Path) -> Result<TestImage> {
     let image = images::tiny_whole_ext4()?.fresh_copy(dir)?;
-    let scratch = tempfile::tempdir().map_err(|source| file_error("creating", dir, source))?;
+    write_qcow2_header(&image.path, backing)?;
+    Ok(image)
+}
+
+/// Writes a qcow2 header (made by `qemu-img create`) naming `backing` as its raw backing
+/// file over the first 1024 bytes of `image`, a raw image whose filesystem starts at byte
+/// 0. An ext filesystem stays intact, because it never uses its first 1024 bytes.
+///
+/// Edit the filesystem before this: [`Ext4Editor`] and [`Ext4Reader`] take an image that
+/// starts with the qcow2 magic for a qcow2 image.
+pub fn write_qcow2_header(image: &Path, backing: &Path) -> Result<()> {
+    let scratch = tempfile::tempdir().map_err(|source| file_error("creating", image, source))?;
     let overlay = scratch.path().join("header.qcow2");
     run(
         tool("qemu-img")
@@ -374,8 +384,7 @@ pub fn raw_with_qcow2_header(dir: &Path, backing: &Path) -> Result<TestImage> {
             "the qcow2 header naming this backing file does not fit in 1024 bytes",
         ));
     }
-    patch(&image.path, 0, &header)?;
-    Ok(image)
+    patch(image, 0, &header)
 }
 
 /// Returns where the backing file name of a qcow2 header ends, if it names one.
