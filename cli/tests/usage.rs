@@ -27,6 +27,8 @@ fn inject_help_lists_every_option() {
         "--file",
         "--best-effort",
         "--json",
+        "--transactional",
+        "--password-hash",
     ] {
         assert!(help.contains(option), "help lacks {option}:\n{help}");
     }
