@@ -579,6 +579,9 @@ impl LocalMount {
             description,
         };
         if !exists && self.writes_deferred {
+            // NOTE: until writes are enabled the tree has no filesystem at the mount point,
+            // so a plan made meanwhile checks free space beneath it on the parent's
+            // filesystem.
             tracing::info!("the mount point directory is missing, so the filesystem is mounted once writes are enabled");
             self.pending.push(pending);
             return Ok(());
@@ -1008,8 +1011,9 @@ impl GuestFs for LocalMount {
     /// Remounts every filesystem read-write after an open with
     /// [`OpenOptions::defer_writes`].
     ///
-    /// A filesystem mounted read-only from a writable loop device may already have been
-    /// written at open: ext4 replays a dirty journal, and XFS writes its log at unmount.
+    /// NOTE: a filesystem mounted read-only from a writable loop device can change the image
+    /// without this call: ext4 replays a dirty journal at mount, and XFS writes its log at
+    /// unmount even when mounted read-only.
     fn enable_writes(&mut self) -> vfs_core::Result<()> {
         if self.read_only {
             return Err(VfsError::ReadOnly {
