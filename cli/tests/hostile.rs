@@ -1,8 +1,8 @@
 //! Hostile and broken images through `guest-inject`, on each backend.
 //!
-//! Each case builds its image at test time (see `testkit::hostile`), runs the command line
-//! on a fresh copy, and checks the outcome independently of the backends: guest files
-//! through debugfs, host files by their bytes, images by SHA-256, and leftover loop
+//! Each case builds its image at test time (see `testkit::hostile`) and runs the command
+//! line on a fresh copy. It then checks the outcome independently of the backends: guest
+//! files through debugfs, host files by their bytes, images by SHA-256, and leftover loop
 //! devices, mounts and helper processes through `leak_check`. [`backend_tests!`] turns each
 //! case into one test per backend, `guestfs::CASE` and `localmount::CASE`, so that a fault
 //! of one backend never hides the result of the other.
@@ -253,13 +253,13 @@ fn assert_failed_with_1(run: &Run) {
 
 /// Asserts that the error report contains at least one of `words`, compared without regard
 /// to case.
-fn assert_report_mentions(run: &Run, what: &str, words: &[&str]) {
+fn assert_report_mentions(run: &Run, fault: &str, words: &[&str]) {
     let report = run.error_report().to_lowercase();
     assert!(
         words
             .iter()
             .any(|word| report.contains(&word.to_lowercase())),
-        "{}'s error does not say {what} (expected one of {words:?}):\n{}",
+        "{}'s error does not say {fault} (expected one of {words:?}):\n{}",
         run.backend,
         run.error_report()
     );
@@ -430,7 +430,8 @@ fn unusable_image_paths_exit_1_naming_image() {
 
 // --- Symlinks aimed at the host -------------------------------------------------------------
 
-/// The request that writes through every link of `hostile::host_symlinks`.
+/// Returns the arguments of a request that writes through every link of
+/// `hostile::host_symlinks`.
 fn through_links_args(inputs: &Inputs) -> Vec<String> {
     vec![
         "--ssh-key".into(),
@@ -715,14 +716,14 @@ fn undeclared_qcow2_with_outside_backing_exits_1() {
 
 // --- Broken images ----------------------------------------------------------------------
 
-/// Runs a key request on a broken image and checks that it fails with status 1 and a
-/// report that names the image, the partition (when given) and one of `words`, without a
-/// panic, leftovers or any change to the image.
+/// Runs a key request on a broken image and checks that it fails with status 1. The report
+/// must name the image, the partition (when given) and one of `words`, and the run must
+/// leave no panic, no leftovers and no change to the image.
 fn assert_broken_image_rejected(
     backend: &'static str,
     build: fn(&Path) -> images::Result<TestImage>,
     partition: Option<u32>,
-    what: &str,
+    fault: &str,
     words: &[&str],
 ) {
     let inputs = Inputs::new();
@@ -736,7 +737,7 @@ fn assert_broken_image_rejected(
     if let Some(number) = partition {
         assert_report_names_partition(&run, number);
     }
-    assert_report_mentions(&run, what, words);
+    assert_report_mentions(&run, fault, words);
     copy.assert_no_leaks();
     copy.assert_unchanged();
 }
@@ -809,12 +810,11 @@ fn zeroed_superblock_exits_1(backend: &'static str) {
 }
 
 fn unknown_ext4_feature_exits_1(backend: &'static str) {
-    let what = "that the filesystem has an unsupported feature";
     assert_broken_image_rejected(
         backend,
         hostile::unknown_incompat_feature,
         Some(2),
-        what,
+        "that the filesystem has an unsupported feature",
         &["feature"],
     );
 }
