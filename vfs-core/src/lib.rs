@@ -15,6 +15,7 @@ pub mod image;
 pub mod layout;
 pub mod partition;
 pub mod path;
+pub mod preflight;
 pub mod registry;
 pub mod vfs;
 

@@ -144,6 +144,9 @@ pub enum RegistryError {
     /// `auto` found no backend that can run here.
     #[error("no backend can run here: {reasons}")]
     NoBackendAvailable { reasons: String },
+    /// The image failed the checks every image passes before a backend opens it.
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
     /// The chosen backend failed to open the image.
     #[error("backend {backend} failed to open {image}")]
     Opening {
@@ -215,13 +218,15 @@ pub fn choose(
     }
 }
 
-/// Chooses a backend and opens the image with it. A failure of the chosen backend is
+/// Chooses a backend, checks the image (see [`crate::preflight`]) and opens it with the
+/// backend. A failure of the chosen backend is
 /// returned as is; no other backend is tried.
 pub fn open(
     choice: &BackendChoice,
     options: &OpenOptions,
 ) -> Result<Box<dyn GuestFs>, RegistryError> {
     let backend = choose(choice, Some(&options.image))?;
+    crate::preflight::check_image(&options.image)?;
     let _span =
         tracing::info_span!("open", backend = backend.name, image = %options.image.path.display())
             .entered();
