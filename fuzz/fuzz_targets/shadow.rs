@@ -8,7 +8,7 @@ use testkit::memfs::MemFs;
 fuzz_target!(|shadow: &[u8]| {
     let mut fs = MemFs::new();
     fs.add_dir("/etc", 0o755, 0, 0);
-    fs.add_file("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644, 0, 0);
+    fs.add_file("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n".to_vec(), 0o644, 0, 0);
     fs.add_file("/etc/group", b"root:x:0:\nshadow:x:42:\n", 0o644, 0, 0);
     fs.add_file("/etc/shadow", shadow, 0o640, 0, 42);
     let request = inject::Request {
