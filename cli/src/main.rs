@@ -22,6 +22,11 @@ use vfs_localmount as _;
 use args::{Cli, Command};
 
 fn main() -> ExitCode {
+    // Reads FAILPOINTS, such as `loop::attach=return`, and keeps the failpoints set until
+    // the end of main.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
+
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
+use crate::failpoint;
 use crate::ioctl::{self, LoopConfig, LoopInfo64, LO_FLAGS_AUTOCLEAR, LO_FLAGS_READ_ONLY};
 
 /// The control device that hands out free loop device numbers.
@@ -171,10 +172,8 @@ impl LoopDevice {
                 },
             })?;
 
-        let control = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(LOOP_CONTROL)
+        let control = failpoint::check("loop::attach")
+            .and_then(|()| OpenOptions::new().read(true).write(true).open(LOOP_CONTROL))
             .map_err(|source| LoopError::AttachingLoop {
                 image: image.to_owned(),
                 source,
@@ -322,8 +321,12 @@ impl LoopDevice {
         let Some(device) = self.device.take() else {
             return Ok(());
         };
-        // SAFETY: LOOP_CLR_FD takes no argument and `device` is an open loop device.
-        let cleared = unsafe { ioctl::loop_clr_fd(device.as_raw_fd()) };
+        // An injected failure skips the ioctl, so closing `device` below leaves the detach to
+        // the autoclear flag, as after a real failure.
+        let cleared = failpoint::check("loop::detach")
+            .map_err(|_| Errno::EIO)
+            // SAFETY: LOOP_CLR_FD takes no argument and `device` is an open loop device.
+            .and_then(|()| unsafe { ioctl::loop_clr_fd(device.as_raw_fd()) });
         drop(device);
         match cleared {
             Ok(_) => {

@@ -22,6 +22,7 @@
 //! ```
 
 mod device;
+mod failpoint;
 mod ioctl;
 mod mount;
 

@@ -12,6 +12,8 @@ use std::thread;
 use std::time::Duration;
 
 use nix::errno::Errno;
+
+use crate::failpoint;
 use nix::mount::{MntFlags, MsFlags};
 
 /// Retry count and delay for a busy unmount before the lazy fallback: half a second in all.
@@ -254,18 +256,22 @@ impl Mount {
         // on the mount whose root the descriptor names, and fails with `EINVAL` when the
         // directory is not the root of a mount.
         let target = open_target(&self.path)?;
-        nix::mount::mount(
-            None::<&str>,
-            &fd_path(&target),
-            None::<&str>,
-            MsFlags::MS_REMOUNT | base_flags(),
-            None::<&str>,
-        )
-        .map_err(|errno| MountError::Remounting {
-            device: self.device.clone(),
-            target: self.path.clone(),
-            source: errno.into(),
-        })?;
+        failpoint::check("loop::remount")
+            .map_err(|_| Errno::EIO)
+            .and_then(|()| {
+                nix::mount::mount(
+                    None::<&str>,
+                    &fd_path(&target),
+                    None::<&str>,
+                    MsFlags::MS_REMOUNT | base_flags(),
+                    None::<&str>,
+                )
+            })
+            .map_err(|errno| MountError::Remounting {
+                device: self.device.clone(),
+                target: self.path.clone(),
+                source: errno.into(),
+            })?;
         self.read_only = false;
         tracing::info!("remounted read-write");
         Ok(())
@@ -323,19 +329,23 @@ impl Mount {
         if read_only {
             flags |= MsFlags::MS_RDONLY;
         }
-        nix::mount::mount(
-            Some(device),
-            &fd_path(&target_dir),
-            Some(fs_type),
-            flags,
-            None::<&str>,
-        )
-        .map_err(|errno| MountError::Mounting {
-            device: label.clone(),
-            fs_type: fs_type.to_owned(),
-            target: target.to_owned(),
-            source: errno.into(),
-        })?;
+        failpoint::check("loop::mount")
+            .map_err(|_| Errno::EIO)
+            .and_then(|()| {
+                nix::mount::mount(
+                    Some(device),
+                    &fd_path(&target_dir),
+                    Some(fs_type),
+                    flags,
+                    None::<&str>,
+                )
+            })
+            .map_err(|errno| MountError::Mounting {
+                device: label.clone(),
+                fs_type: fs_type.to_owned(),
+                target: target.to_owned(),
+                source: errno.into(),
+            })?;
 
         tracing::info!("mounted");
         Ok(Self {
@@ -356,7 +366,12 @@ impl Mount {
         }
         self.mounted = false;
 
-        let Err(errno) = unmount_retrying_busy(&self.path) else {
+        // An injected failure skips the unmount, so the lazy detach below releases the
+        // mount, as after a real failure.
+        let unmounted = failpoint::check("loop::unmount")
+            .map_err(|_| Errno::EIO)
+            .and_then(|()| unmount_retrying_busy(&self.path));
+        let Err(errno) = unmounted else {
             tracing::debug!(target = %self.path.display(), "unmounted");
             return Ok(());
         };

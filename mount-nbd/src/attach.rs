@@ -7,6 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{describe_status, NbdError};
+use crate::failpoint;
 use crate::host::{HostProbe, SystemHost};
 use crate::options::{AttachMethod, NbdOptions};
 use crate::process::{self, ChildProcess, CommandLine, CommandRunner, SystemRunner, POLL_INTERVAL};
@@ -214,8 +215,8 @@ impl NbdAttachment {
             unreachable!("set up above");
         };
         let command = fuse_command(&file, server.socket(), options.read_only);
-        let child = runner
-            .spawn(&command)
+        let child = failpoint::check("nbd::fuse")
+            .and_then(|()| runner.spawn(&command))
             .map_err(|source| NbdError::Spawning {
                 program: NBDFUSE.to_owned(),
                 image: image.clone(),

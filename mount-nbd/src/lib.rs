@@ -12,6 +12,7 @@
 
 mod attach;
 mod error;
+mod failpoint;
 mod host;
 mod options;
 mod process;

@@ -8,6 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{describe_status, NbdError};
+use crate::failpoint;
 use crate::host::{HostProbe, SystemHost};
 use crate::options::NbdOptions;
 use crate::process::{
@@ -71,7 +72,8 @@ impl NbdServer {
         let socket = dir.join("nbd.sock");
         let command = serve_command(&image, &socket, options);
 
-        let child = match runner.spawn(&command) {
+        let spawned = failpoint::check("nbd::serve").and_then(|()| runner.spawn(&command));
+        let child = match spawned {
             Ok(child) => child,
             Err(source) => {
                 remove_private_dir(&dir, &image).unwrap_or_else(

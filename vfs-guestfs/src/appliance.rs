@@ -12,6 +12,7 @@ use std::os::raw::{c_char, c_int, c_void};
 use std::path::Path;
 use std::ptr;
 
+use crate::failpoint;
 use crate::handle::{GuestfsHandle, HandleError, Stat, StatVfs};
 
 /// The opaque libguestfs handle type.
@@ -500,6 +501,15 @@ fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
     pairs
 }
 
+/// Returns the error libguestfs would report for `call` failing with `EIO` when the
+/// failpoint `name` is set; see [`crate::failpoint`].
+fn injected_failure(name: &str, call: &str) -> Result<(), HandleError> {
+    failpoint::check(name).map_err(|error| HandleError {
+        message: format!("{call}: {error}"),
+        errno: error.raw_os_error().unwrap_or(0),
+    })
+}
+
 impl GuestfsHandle for Appliance {
     fn backend_settings(&mut self) -> Result<Vec<String>, HandleError> {
         // SAFETY: the handle is valid; the result is a list the caller frees.
@@ -562,12 +572,16 @@ impl GuestfsHandle for Appliance {
     }
 
     fn launch(&mut self) -> Result<(), HandleError> {
+        injected_failure("guestfs::launch", "launch")?;
         // SAFETY: the handle is valid.
         let status = unsafe { guestfs_launch(self.handle) };
         self.check(status)
     }
 
     fn shutdown(&mut self) -> Result<(), HandleError> {
+        // An injected failure skips the orderly shutdown; closing the handle still stops
+        // the appliance, as after a real failure.
+        injected_failure("guestfs::shutdown", "shutdown")?;
         // SAFETY: the handle is valid; shutdown on a handle never launched is a no-op.
         let status = unsafe { guestfs_shutdown(self.handle) };
         self.check(status)
@@ -628,6 +642,7 @@ impl GuestfsHandle for Appliance {
         mountable: &str,
         mountpoint: &str,
     ) -> Result<(), HandleError> {
+        injected_failure("guestfs::mount", "mount_options")?;
         let options = c_string(options)?;
         let mountable = c_string(mountable)?;
         let mountpoint = c_string(mountpoint)?;
@@ -702,6 +717,7 @@ impl GuestfsHandle for Appliance {
     }
 
     fn write(&mut self, path: &str, content: &[u8]) -> Result<(), HandleError> {
+        injected_failure("guestfs::write", "write")?;
         let path = c_string(path)?;
         // SAFETY: the handle is valid; `content` is valid for `content.len()` bytes.
         let status = unsafe {
@@ -716,6 +732,7 @@ impl GuestfsHandle for Appliance {
     }
 
     fn write_append(&mut self, path: &str, content: &[u8]) -> Result<(), HandleError> {
+        injected_failure("guestfs::write", "write_append")?;
         let path = c_string(path)?;
         // SAFETY: the handle is valid; `content` is valid for `content.len()` bytes.
         let status = unsafe {

@@ -38,6 +38,7 @@
 
 mod appliance;
 mod error;
+mod failpoint;
 mod fs;
 mod handle;
 mod open;

@@ -30,6 +30,7 @@ use vfs_core::layout::{list_volumes, select_volume, LayoutError, Volume};
 use vfs_core::registry::OpenOptions;
 use vfs_core::{GuestFs, GuestPath, Metadata, MountInfo, VfsError};
 
+use crate::failpoint;
 use crate::guest_mount::{GuestMount, GuestMountError};
 use crate::lock::{ImageLock, LockError};
 use crate::tree::RootedTree;
@@ -963,6 +964,8 @@ impl GuestFs for LocalMount {
         contents: &mut dyn Read,
         create_mode: u32,
     ) -> vfs_core::Result<u64> {
+        failpoint::check("localmount::write")
+            .map_err(|source| VfsError::from_io("writing", path, source))?;
         self.tree_mut().write_file(path, contents, create_mode)
     }
 
@@ -972,6 +975,8 @@ impl GuestFs for LocalMount {
         data: &[u8],
         create_mode: u32,
     ) -> vfs_core::Result<()> {
+        failpoint::check("localmount::write")
+            .map_err(|source| VfsError::from_io("appending to", path, source))?;
         self.tree_mut().append_file(path, data, create_mode)
     }
 

@@ -7,6 +7,7 @@
 //! one. The backend registers itself as `localmount` in `vfs_core::registry`.
 
 mod backend;
+mod failpoint;
 mod guest_mount;
 mod lock;
 mod probe;
