@@ -505,12 +505,17 @@ impl RootedTree {
 
     /// Streams `contents` into a new temporary file beside `target`, gives it the
     /// attributes the result must have, and renames it over the target.
+    ///
+    /// With [`TempKind::Unnamed`] the file has no name until its contents and attributes
+    /// are on disk, so a process killed while writing leaves nothing in the guest. Only a
+    /// kill between naming the file and the rename leaves a hidden temporary name behind.
     fn replace_file(
         &self,
         path: &GuestPath,
         target: &FinalName,
         contents: &mut dyn Read,
         create_mode: u32,
+        kind: TempKind,
     ) -> Result<u64> {
         let op = "writing";
         let dir = sys::open_beneath(
@@ -520,7 +525,7 @@ impl RootedTree {
             Mode::empty(),
         )
         .map_err(|errno| os_error(op, path, errno))?;
-        let mut temp = TempFile::create(&dir, path)?;
+        let mut temp = TempFile::create(&dir, path, kind)?;
 
         let written =
             io::copy(contents, &mut temp).map_err(|source| match source.raw_os_error() {
@@ -564,7 +569,8 @@ impl RootedTree {
             .sync_all()
             .map_err(|err| VfsError::from_io(op, path, err))?;
 
-        nix::fcntl::renameat(&dir, temp.name.as_str(), &dir, target.name.as_str())
+        let temp_name = temp.link(path)?;
+        nix::fcntl::renameat(&dir, temp_name.as_str(), &dir, target.name.as_str())
             .map_err(|errno| os_error(op, path, errno))?;
         temp.keep();
         nix::unistd::fsync(&dir).map_err(|errno| os_error(op, path, errno))?;
@@ -666,7 +672,7 @@ impl GuestFs for RootedTree {
                 _ => return Err(VfsError::NotAFile { path: path.clone() }),
             }
         }
-        self.replace_file(path, &target, contents, create_mode)
+        self.replace_file(path, &target, contents, create_mode, TempKind::Unnamed)
     }
 
     fn append_file(&mut self, path: &GuestPath, data: &[u8], create_mode: u32) -> Result<()> {
@@ -842,22 +848,52 @@ impl GuestFs for RootedTree {
     }
 }
 
+/// The kind of temporary file [`TempFile::create`] makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TempKind {
+    /// An `O_TMPFILE` file that gets a name only just before the rename, or a
+    /// [`TempKind::Named`] file on filesystems without `O_TMPFILE`.
+    Unnamed,
+    /// A file with a random hidden name from the start.
+    Named,
+}
+
 /// A temporary file beside the file it will replace; dropping it before [`TempFile::keep`]
 /// removes it.
 struct TempFile<'dir> {
     dir: BorrowedFd<'dir>,
-    name: String,
+    /// The file's name in `dir`, `None` while an `O_TMPFILE` file has no name.
+    name: Option<String>,
     file: File,
     kept: bool,
     /// Set when a write into the file failed, to tell guest errors from reader errors.
     write_failed: bool,
 }
 
+/// How many random names [`TempFile`] tries before it gives up.
+const TEMP_NAME_ATTEMPTS: usize = 16;
+
 impl<'dir> TempFile<'dir> {
-    /// Creates a new file with a random name and mode 0600 in `dir`.
-    fn create(dir: &'dir OwnedFd, path: &GuestPath) -> Result<Self> {
-        const ATTEMPTS: usize = 16;
-        for _ in 0..ATTEMPTS {
+    /// Creates a new file with mode 0600 in `dir`, unnamed when `kind` and the filesystem
+    /// allow it.
+    fn create(dir: &'dir OwnedFd, path: &GuestPath, kind: TempKind) -> Result<Self> {
+        if kind == TempKind::Unnamed {
+            let flags = OFlag::O_TMPFILE | OFlag::O_WRONLY;
+            return match sys::open_beneath(dir.as_fd(), ".", flags, Mode::from_bits_truncate(0o600))
+            {
+                Ok(fd) => Ok(Self::new(dir, None, fd)),
+                // The filesystem lacks `O_TMPFILE` support: EOPNOTSUPP from most,
+                // EISDIR or EINVAL from kernels or filesystems that do not know the flag
+                // (open(2)). A named temporary file is then the only way.
+                Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => {
+                    tracing::debug!("the guest filesystem rejects O_TMPFILE; using a named file");
+                    Self::create(dir, path, TempKind::Named)
+                }
+                Err(errno) => Err(os_error("creating a temporary file for", path, errno)),
+            };
+        }
+
+        for _ in 0..TEMP_NAME_ATTEMPTS {
             let name = temp_name();
             match sys::open_beneath(
                 dir.as_fd(),
@@ -865,21 +901,47 @@ impl<'dir> TempFile<'dir> {
                 OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
                 Mode::from_bits_truncate(0o600),
             ) {
-                Ok(fd) => {
-                    return Ok(Self {
-                        dir: dir.as_fd(),
-                        name,
-                        file: File::from(fd),
-                        kept: false,
-                        write_failed: false,
-                    })
-                }
+                Ok(fd) => return Ok(Self::new(dir, Some(name), fd)),
                 Err(Errno::EEXIST) => continue,
                 Err(errno) => return Err(os_error("creating a temporary file for", path, errno)),
             }
         }
         Err(os_error(
             "creating a temporary file for",
+            path,
+            Errno::EEXIST,
+        ))
+    }
+
+    fn new(dir: &'dir OwnedFd, name: Option<String>, fd: OwnedFd) -> Self {
+        Self {
+            dir: dir.as_fd(),
+            name,
+            file: File::from(fd),
+            kept: false,
+            write_failed: false,
+        }
+    }
+
+    /// Returns the file's name in its directory, first linking an unnamed file there under
+    /// a random name.
+    fn link(&mut self, path: &GuestPath) -> Result<String> {
+        if let Some(name) = &self.name {
+            return Ok(name.clone());
+        }
+        for _ in 0..TEMP_NAME_ATTEMPTS {
+            let name = temp_name();
+            match link_fd(self.file.as_fd(), self.dir, &name) {
+                Ok(()) => {
+                    self.name = Some(name.clone());
+                    return Ok(name);
+                }
+                Err(Errno::EEXIST) => continue,
+                Err(errno) => return Err(os_error("naming the temporary file for", path, errno)),
+            }
+        }
+        Err(os_error(
+            "naming the temporary file for",
             path,
             Errno::EEXIST,
         ))
@@ -906,15 +968,37 @@ impl Write for TempFile<'_> {
 }
 
 impl Drop for TempFile<'_> {
+    /// Removes the file's name; an unnamed file is freed when its descriptor closes.
     fn drop(&mut self) {
+        let Some(name) = &self.name else {
+            return;
+        };
         if self.kept {
             return;
         }
         if let Err(errno) =
-            nix::unistd::unlinkat(self.dir, self.name.as_str(), UnlinkatFlags::NoRemoveDir)
+            nix::unistd::unlinkat(self.dir, name.as_str(), UnlinkatFlags::NoRemoveDir)
         {
-            tracing::warn!(name = %self.name, %errno, "removing a temporary file failed");
+            tracing::warn!(%name, %errno, "removing a temporary file failed");
         }
+    }
+}
+
+/// Links the file open as `fd` into `dir` as `name`.
+///
+/// `AT_EMPTY_PATH` links the descriptor itself but needs `CAP_DAC_READ_SEARCH`, and
+/// without it the kernel returns ENOENT. The `/proc/self/fd` path, a magic link that
+/// `AT_SYMLINK_FOLLOW` follows to the open file, works without that capability.
+fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &str) -> nix::Result<()> {
+    match nix::unistd::linkat(fd, "", dir, name, AtFlags::AT_EMPTY_PATH) {
+        Err(Errno::ENOENT) => nix::unistd::linkat(
+            AT_FDCWD,
+            sys::proc_fd_path(fd).as_c_str(),
+            dir,
+            name,
+            AtFlags::AT_SYMLINK_FOLLOW,
+        ),
+        result => result,
     }
 }
 
@@ -1042,4 +1126,77 @@ fn host_fs_type(dev: u64) -> io::Result<Option<String>> {
         .rev()
         .find(|entry| entry.dev == dev)
         .map(|entry| entry.fs_type))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The named temporary file that [`TempKind::Unnamed`] falls back to on filesystems
+    //! without `O_TMPFILE`, forced here because the test's filesystem supports it.
+
+    use std::fs;
+
+    use super::*;
+
+    /// A reader that returns `limit` bytes of `b'x'` and then fails.
+    struct FailingAfter {
+        limit: usize,
+        given: usize,
+    }
+
+    impl Read for FailingAfter {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.given == self.limit {
+                return Err(io::Error::other("source broke"));
+            }
+            let count = buf.len().min(self.limit - self.given);
+            buf[..count].fill(b'x');
+            self.given += count;
+            Ok(count)
+        }
+    }
+
+    fn replace_named(tree: &RootedTree, path: &str, contents: &mut dyn Read) -> Result<u64> {
+        let path = GuestPath::new(path).unwrap();
+        let target = tree.resolve_final_name("writing", &path)?;
+        tree.replace_file(&path, &target, contents, 0o644, TempKind::Named)
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn named_temp_replaces_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a"), b"old").unwrap();
+        let tree = RootedTree::open(dir.path()).unwrap();
+
+        let written = replace_named(&tree, "/a", &mut &b"new"[..]).unwrap();
+
+        assert_eq!(written, 3);
+        assert_eq!(fs::read(dir.path().join("a")).unwrap(), b"new");
+        assert_eq!(names_in(dir.path()), ["a"]);
+    }
+
+    #[test]
+    fn named_temp_failing_halfway_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a"), b"old").unwrap();
+        let tree = RootedTree::open(dir.path()).unwrap();
+        let mut reader = FailingAfter {
+            limit: 100_000,
+            given: 0,
+        };
+
+        let result = replace_named(&tree, "/a", &mut reader);
+
+        assert!(matches!(result, Err(VfsError::Io { .. })), "{result:?}");
+        assert_eq!(fs::read(dir.path().join("a")).unwrap(), b"old");
+        assert_eq!(names_in(dir.path()), ["a"]);
+    }
 }

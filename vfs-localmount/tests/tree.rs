@@ -199,6 +199,93 @@ fn write_failing_reader_keeps_old_file_and_no_temporary() {
     assert_eq!(fs::read_dir(t.host("/root")).unwrap().count(), 1);
 }
 
+/// A reader that returns `limit` bytes of `b'x'` and then fails.
+struct FailingAfter {
+    limit: usize,
+    given: usize,
+}
+
+impl std::io::Read for FailingAfter {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.given == self.limit {
+            return Err(std::io::Error::other("source broke"));
+        }
+        let count = buf.len().min(self.limit - self.given);
+        buf[..count].fill(b'x');
+        self.given += count;
+        Ok(count)
+    }
+}
+
+/// The names in a host directory, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn write_failing_halfway_leaves_old_file_only() {
+    let mut t = TempTree::new();
+    write(&mut t.tree, "/root/a", b"old").unwrap();
+    // Larger than one `io::copy` buffer, so some bytes reach the new file before the error.
+    let mut reader = FailingAfter {
+        limit: 100_000,
+        given: 0,
+    };
+
+    let result = t.tree.write_file(&guest("/root/a"), &mut reader, 0o644);
+
+    assert!(matches!(result, Err(VfsError::Io { .. })), "{result:?}");
+    assert_eq!(fs::read(t.host("/root/a")).unwrap(), b"old");
+    assert_eq!(names_in(&t.host("/root")), ["a"]);
+}
+
+#[test]
+fn write_in_progress_has_no_temporary_name() {
+    /// A reader that lists the target's directory on every call, which `io::copy` makes
+    /// between writes into the new file. A process killed at that point would leave
+    /// whatever names the listing shows.
+    struct ListingReader {
+        dir: PathBuf,
+        chunks_left: usize,
+        seen: Vec<Vec<String>>,
+    }
+    impl std::io::Read for ListingReader {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.seen.push(names_in(&self.dir));
+            if self.chunks_left == 0 {
+                return Ok(0);
+            }
+            self.chunks_left -= 1;
+            buf[..1000].fill(b'x');
+            Ok(1000)
+        }
+    }
+    let mut t = TempTree::new();
+    write(&mut t.tree, "/root/a", b"old").unwrap();
+    let mut reader = ListingReader {
+        dir: t.host("/root"),
+        chunks_left: 3,
+        seen: Vec::new(),
+    };
+
+    let written = t
+        .tree
+        .write_file(&guest("/root/a"), &mut reader, 0o644)
+        .unwrap();
+
+    assert_eq!(written, 3000);
+    assert_eq!(reader.seen.len(), 4);
+    for names in &reader.seen {
+        assert_eq!(names, &["a"]);
+    }
+    assert_eq!(names_in(&t.host("/root")), ["a"]);
+}
+
 #[test]
 fn create_dir_all_ignores_umask_and_owns_by_root() {
     let mut t = TempTree::new();
