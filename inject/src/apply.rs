@@ -70,14 +70,9 @@ fn run_steps(fs: &mut dyn GuestFs, steps: &[Step<'_>]) -> Result<(), ItemError> 
 
 fn run_step(fs: &mut dyn GuestFs, step: &Step<'_>) -> Result<(), ItemError> {
     match step {
-        Step::CreateDir { path, mode } => {
-            fs.create_dir_all(path, *mode)
-                .map_err(|source| ItemError::Guest {
-                    op: "creating directory",
-                    path: path.clone(),
-                    source,
-                })
-        }
+        Step::CreateDir { path, mode } => fs
+            .create_dir_all(path, *mode)
+            .map_err(|source| ItemError::Guest { source }),
         Step::WriteFile {
             path,
             contents,
@@ -99,18 +94,12 @@ fn run_step(fs: &mut dyn GuestFs, step: &Step<'_>) -> Result<(), ItemError> {
                     fs.write_file(path, &mut file, *create_mode)
                 }
             };
-            written.map(drop).map_err(|source| ItemError::Guest {
-                op: "writing",
-                path: path.clone(),
-                source,
-            })
+            written
+                .map(drop)
+                .map_err(|source| ItemError::Guest { source })
         }
-        Step::SetMode { path, mode } => {
-            fs.set_mode(path, *mode).map_err(|source| ItemError::Guest {
-                op: "setting the mode of",
-                path: path.clone(),
-                source,
-            })
-        }
+        Step::SetMode { path, mode } => fs
+            .set_mode(path, *mode)
+            .map_err(|source| ItemError::Guest { source }),
     }
 }

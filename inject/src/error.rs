@@ -135,14 +135,10 @@ pub enum ItemError {
         needed: u64,
         available: u64,
     },
-    /// A guest filesystem operation failed.
-    #[error("{op} {path} failed")]
-    Guest {
-        op: &'static str,
-        path: GuestPath,
-        #[source]
-        source: VfsError,
-    },
+    /// A guest filesystem operation failed. The [`VfsError`] names the operation and the
+    /// path, so this variant adds no text of its own.
+    #[error(transparent)]
+    Guest { source: VfsError },
 }
 
 /// Returns `error` and its causes as one line, separated by `: `, for a warning.

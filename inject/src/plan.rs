@@ -556,7 +556,7 @@ impl<'f> Planner<'f> {
                     Err(VfsError::NotADirectory { .. }) => {
                         return Err(ItemError::NotADirectory { path })
                     }
-                    Err(source) => return Err(guest_error("reading metadata of", &path, source)),
+                    Err(source) => return Err(ItemError::Guest { source }),
                 }
             }
             let mode = mode_for(&path);
@@ -601,7 +601,7 @@ impl<'f> Planner<'f> {
                 self.check_not_dangling(path)?;
                 Ok(TargetState::Missing)
             }
-            Err(source) => Err(guest_error("reading metadata of", path, source)),
+            Err(source) => Err(ItemError::Guest { source }),
         }
     }
 
@@ -613,7 +613,7 @@ impl<'f> Planner<'f> {
                 Err(ItemError::DanglingSymlink { path: path.clone() })
             }
             Ok(_) | Err(VfsError::NotFound { .. }) | Err(VfsError::NotADirectory { .. }) => Ok(()),
-            Err(source) => Err(guest_error("reading metadata of", path, source)),
+            Err(source) => Err(ItemError::Guest { source }),
         }
     }
 
@@ -662,7 +662,7 @@ impl<'f> Planner<'f> {
         let available = self
             .fs
             .free_space(mount_point)
-            .map_err(|source| guest_error("querying free space of", mount_point, source))?;
+            .map_err(|source| ItemError::Guest { source })?;
         self.free_space.insert(mount_point.clone(), available);
         Ok(available)
     }
@@ -700,7 +700,7 @@ impl<'f> Planner<'f> {
                            choose the root partition",
                 })
             }
-            Err(source) => return Err(guest_error("reading", &path, source)),
+            Err(source) => return Err(ItemError::Guest { source }),
         };
         let entries =
             accounts::parse_passwd(&contents).map_err(|reason| ItemError::MalformedGuestFile {
@@ -733,21 +733,13 @@ impl<'f> Planner<'f> {
     fn read(&mut self, path: &GuestPath) -> Result<Vec<u8>, ItemError> {
         self.fs
             .read_file(path)
-            .map_err(|source| guest_error("reading", path, source))
+            .map_err(|source| ItemError::Guest { source })
     }
 
     fn exists(&mut self, path: &GuestPath) -> Result<bool, ItemError> {
         self.fs
             .exists(path)
-            .map_err(|source| guest_error("checking for", path, source))
-    }
-}
-
-fn guest_error(op: &'static str, path: &GuestPath, source: VfsError) -> ItemError {
-    ItemError::Guest {
-        op,
-        path: path.clone(),
-        source,
+            .map_err(|source| ItemError::Guest { source })
     }
 }
 

@@ -248,8 +248,7 @@ fn failing_set_mode_fails_key_after_write() {
         matches!(
             *source,
             ItemError::Guest {
-                op: "setting the mode of",
-                ..
+                source: VfsError::ReadOnly { .. }
             }
         ),
         "{source:?}"
@@ -288,10 +287,12 @@ fn failing_shadow_read_writes_nothing() {
     let InjectError::Planning { source, .. } = &err else {
         panic!("expected a planning error, got {err:?}");
     };
-    let ItemError::Guest { op, path, .. } = &**source else {
-        panic!("expected a guest error, got {source:?}");
+    let ItemError::Guest {
+        source: VfsError::Io { path, .. },
+    } = &**source
+    else {
+        panic!("expected a guest I/O error, got {source:?}");
     };
-    assert_eq!(*op, "reading");
     assert_eq!(path.as_str(), "/etc/shadow");
     assert!(entries(&log).is_empty(), "{:?}", entries(&log));
 }
@@ -504,13 +505,49 @@ fn failing_metadata_query_is_a_planning_error() {
         matches!(
             **source,
             ItemError::Guest {
-                op: "reading metadata of",
-                ..
+                source: VfsError::Backend { op: "stat", .. }
             }
         ),
         "{source:?}"
     );
     assert!(entries(&log).is_empty());
+}
+
+/// Returns the text of `error` and of each of its causes, outermost first.
+fn chain_of(error: &dyn std::error::Error) -> Vec<String> {
+    let mut texts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        texts.push(cause.to_string());
+        source = cause.source();
+    }
+    texts
+}
+
+#[test]
+fn planning_error_chain_states_each_fact_once() {
+    let mut mock = MockFs::new();
+    mock.expect_metadata()
+        .with(eq(path("/etc/network")))
+        .returning(|path| {
+            Err(VfsError::Io {
+                op: "reading metadata of",
+                path: path.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            })
+        });
+    Guest::debian().install(&mut mock);
+
+    let err = inject(&mut mock, &network_request()).unwrap_err();
+
+    let chain = chain_of(&err);
+    assert_eq!(chain.len(), 3, "{chain:?}");
+    assert_eq!(
+        chain[0],
+        "cannot inject net into /etc/network/interfaces; nothing was written"
+    );
+    assert_eq!(chain[1], "reading metadata of /etc/network failed");
+    assert_eq!(chain[2], "permission denied");
 }
 
 #[test]
@@ -534,10 +571,12 @@ fn failing_create_dir_names_the_directory() {
         panic!("expected an apply error, got {err:?}");
     };
     assert_eq!(target, "/opt/app/conf/x.cfg");
-    let ItemError::Guest { op, path, .. } = &**source else {
-        panic!("expected a guest error, got {source:?}");
+    let ItemError::Guest {
+        source: VfsError::ReadOnly { path },
+    } = &**source
+    else {
+        panic!("expected a read-only error, got {source:?}");
     };
-    assert_eq!(*op, "creating directory");
     assert_eq!(path.as_str(), "/opt/app");
     assert_eq!(entries(&log), ["enable writes", "mkdir /opt 755"]);
 }
