@@ -41,7 +41,8 @@ pub fn apply(fs: &mut dyn GuestFs, plan: Plan<'_>) -> Result<Report, InjectError
                     Outcome::Warning { reason }
                 }
                 Err(source) => {
-                    tracing::error!(error = %error_chain(&source), "item failed");
+                    // The caller receives the error and decides how to show it.
+                    tracing::debug!(error = %error_chain(&source), "item failed");
                     return Err(InjectError::Applying {
                         item: item.kind,
                         target: item.target,
