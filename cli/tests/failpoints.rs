@@ -266,7 +266,7 @@ fn failed_appliance_mount_names_mounting() {
 fn failed_appliance_write_names_writing() {
     let _serial = serial();
     let run = run_with_failpoint(&qcow2(), "guestfs", "guestfs::write");
-    assert_failed_cleanly(&run, "write");
+    assert_failed_cleanly(&run, "write_file /root/.ssh/authorized_keys failed");
 }
 
 #[test]
@@ -274,5 +274,5 @@ fn failed_appliance_write_names_writing() {
 fn failed_appliance_shutdown_names_shutdown() {
     let _serial = serial();
     let run = run_with_failpoint(&qcow2(), "guestfs", "guestfs::shutdown");
-    assert_failed_cleanly(&run, "shutdown");
+    assert_failed_cleanly(&run, "shutting down the appliance");
 }

@@ -52,7 +52,25 @@ fn run_integration() -> Result<(), TaskError> {
         .args(["test", "--workspace", "--", "--ignored", "--test-threads=1"])
         .env(IMAGE_DIR_ENV, image_dir())
         .envs(LIBGUESTFS_ENV);
-    run_command(&mut tests)
+    run_command(&mut tests)?;
+
+    // The failpoint tests need the CLI built with its failpoints, which the run above
+    // leaves out.
+    let mut failpoint_tests = cargo();
+    failpoint_tests
+        .args([
+            "test",
+            "-p",
+            "cli",
+            "--features",
+            "failpoints",
+            "--test",
+            "failpoints",
+        ])
+        .args(["--", "--ignored", "--test-threads=1"])
+        .env(IMAGE_DIR_ENV, image_dir())
+        .envs(LIBGUESTFS_ENV);
+    run_command(&mut failpoint_tests)
 }
 
 /// Launches the libguestfs appliance once with `libguestfs-test-tool`, which builds the
