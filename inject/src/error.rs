@@ -4,7 +4,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use vfs_core::{GuestPath, VfsError};
+use vfs_core::{FileKind, GuestPath, VfsError};
 
 use crate::report::Report;
 use crate::request::ItemKind;
@@ -119,9 +119,13 @@ pub enum ItemError {
     /// A target file is a device, socket or FIFO.
     #[error("{path} is not a regular file")]
     NotAFile { path: GuestPath },
-    /// A directory to create is a symlink whose target is missing.
-    #[error("{path} is a symlink to a missing target, so no directory can be created there")]
-    DanglingSymlink { path: GuestPath },
+    /// A file or directory to create is a symlink whose target is missing.
+    #[error("{path} is a symlink to a missing target, so {}", dangling_consequence(*creating))]
+    DanglingSymlink {
+        path: GuestPath,
+        /// The kind of object the item would create at `path`.
+        creating: FileKind,
+    },
     /// Two items of the request write the same guest path.
     #[error("{path} is also written by an earlier item of the request")]
     ConflictingWrite { path: GuestPath },
@@ -139,6 +143,14 @@ pub enum ItemError {
     /// path, so this variant adds no text of its own.
     #[error(transparent)]
     Guest { source: VfsError },
+}
+
+/// Returns what a dangling symlink prevents for an object of kind `creating`.
+fn dangling_consequence(creating: FileKind) -> &'static str {
+    match creating {
+        FileKind::Directory => "no directory can be created there",
+        _ => "the file cannot be written there",
+    }
 }
 
 /// Returns `error` and its causes as one line, separated by `: `, for a warning.

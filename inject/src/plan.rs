@@ -550,7 +550,7 @@ impl<'f> Planner<'f> {
                     Ok(metadata) if metadata.kind == FileKind::Directory => continue,
                     Ok(_) => return Err(ItemError::NotADirectory { path }),
                     Err(VfsError::NotFound { .. }) => {
-                        self.check_not_dangling(&path)?;
+                        self.check_not_dangling(&path, FileKind::Directory)?;
                         missing = true;
                     }
                     Err(VfsError::NotADirectory { .. }) => {
@@ -598,20 +598,25 @@ impl<'f> Planner<'f> {
                 }
             },
             Err(VfsError::NotFound { .. }) => {
-                self.check_not_dangling(path)?;
+                self.check_not_dangling(path, FileKind::File)?;
                 Ok(TargetState::Missing)
             }
             Err(source) => Err(ItemError::Guest { source }),
         }
     }
 
-    /// Fails when `path`, which does not resolve, is a symlink: writing through a dangling
-    /// symlink would create a file somewhere else.
-    fn check_not_dangling(&mut self, path: &GuestPath) -> Result<(), ItemError> {
+    /// Fails when `path`, which does not resolve, is a symlink: creating an object of kind
+    /// `creating` through a dangling symlink would create it somewhere else.
+    fn check_not_dangling(
+        &mut self,
+        path: &GuestPath,
+        creating: FileKind,
+    ) -> Result<(), ItemError> {
         match self.fs.symlink_metadata(path) {
-            Ok(metadata) if metadata.kind == FileKind::Symlink => {
-                Err(ItemError::DanglingSymlink { path: path.clone() })
-            }
+            Ok(metadata) if metadata.kind == FileKind::Symlink => Err(ItemError::DanglingSymlink {
+                path: path.clone(),
+                creating,
+            }),
             Ok(_) | Err(VfsError::NotFound { .. }) | Err(VfsError::NotADirectory { .. }) => Ok(()),
             Err(source) => Err(ItemError::Guest { source }),
         }

@@ -248,6 +248,32 @@ fn dangling_ssh_dir_symlink_fails_planning() {
         matches!(**source, ItemError::DanglingSymlink { .. }),
         "{source:?}"
     );
+    assert_eq!(
+        source.to_string(),
+        "/root/.ssh is a symlink to a missing target, so no directory can be created there"
+    );
+    assert_eq!(fs.snapshot(), before);
+}
+
+#[test]
+fn dangling_meta_js_symlink_names_the_file() {
+    let mut fs = MemFs::debian_like();
+    fs.add_symlink("/meta.js", "/nowhere/meta.js");
+    let before = fs.snapshot();
+    let request = Request {
+        metadata: Some(br#"{"uuid": "0f8fad5b"}"#.to_vec()),
+        ..Request::default()
+    };
+
+    let err = inject(&mut fs, &request).unwrap_err();
+
+    let InjectError::Planning { source, .. } = &err else {
+        panic!("expected a planning error, got {err:?}");
+    };
+    assert_eq!(
+        source.to_string(),
+        "/meta.js is a symlink to a missing target, so the file cannot be written there"
+    );
     assert_eq!(fs.snapshot(), before);
 }
 
