@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use vfs_core::{FileKind, GuestPath, VfsError};
 
-use crate::report::Report;
+use crate::report::{Outcome, Report};
 use crate::request::ItemKind;
 
 /// A failed injection request.
@@ -34,9 +34,11 @@ pub enum InjectError {
         #[source]
         source: VfsError,
     },
-    /// Applying a mandatory item failed. Items before it stay applied, and each file the
-    /// failed item touched contains either its old or its new contents.
-    #[error("injecting {item} into {target} failed; the items before it stay applied")]
+    /// Applying a mandatory item failed. The items before it were written to the guest
+    /// filesystem, and each file the failed item touched contains either its old or its new
+    /// contents. Whether those writes reach the image is the caller's choice, so the message
+    /// only lists them.
+    #[error("injecting {item} into {target} failed; {}", applied_before(report))]
     Applying {
         item: ItemKind,
         target: String,
@@ -143,6 +145,21 @@ pub enum ItemError {
     /// path, so this variant adds no text of its own.
     #[error(transparent)]
     Guest { source: VfsError },
+}
+
+/// Lists the items of `report` that were applied, for the message of an apply failure.
+fn applied_before(report: &Report) -> String {
+    let applied: Vec<String> = report
+        .items
+        .iter()
+        .filter(|item| item.outcome == Outcome::Applied)
+        .map(|item| format!("{} ({})", item.kind, item.target))
+        .collect();
+    if applied.is_empty() {
+        "no item had been applied before it".to_owned()
+    } else {
+        format!("applied before it: {}", applied.join(", "))
+    }
 }
 
 /// Returns what a dangling symlink prevents for an object of kind `creating`.

@@ -298,9 +298,10 @@ fn apply_failure_is_returned_not_logged_as_error() {
     let result =
         tracing::subscriber::with_default(subscriber, || inject(&mut mock, &network_request()));
 
-    assert!(
-        matches!(result, Err(InjectError::Applying { .. })),
-        "{result:?}"
+    let err = result.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "injecting net into /etc/network/interfaces failed; no item had been applied before it"
     );
     let logged = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
     assert!(logged.contains("item failed"), "{logged}");
@@ -357,6 +358,11 @@ fn write_failing_halfway_stops_mandatory_items() {
 
     let err = inject(&mut mock, &request).unwrap_err();
 
+    assert_eq!(
+        err.to_string(),
+        "injecting net into /etc/network/interfaces failed; \
+         applied before it: password (/etc/shadow)"
+    );
     let InjectError::Applying {
         item,
         source,
