@@ -1,7 +1,7 @@
-//! Each step of opening and closing an image failed in turn through the failpoints that the
-//! `failpoints` feature compiles in: the run must exit with status 1, name the failed step
-//! on stderr, and leave nothing attached (loop devices, mounts, `qemu-nbd`, `nbdfuse`,
-//! qemu) and none of its temporary directories behind.
+//! Each step of opening and closing an image, failed in turn through the failpoints that
+//! the `failpoints` feature compiles in. Every failed run must exit with status 1 and name
+//! the failed step on stderr. It must leave nothing attached (loop devices, mounts,
+//! `qemu-nbd`, `nbdfuse`, qemu) and none of its temporary directories behind.
 //!
 //! Each run gets a `TMPDIR` inside the test's own directory, so every mount point, socket
 //! and FUSE directory it creates is found by [`images::leak_check`] and by listing that
@@ -23,7 +23,7 @@ use testkit::images::{self, Leaks, TestImage};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// How long the kernel and the helpers get to release everything after a run exits.
-/// Released devices usually disappear at once; the wait covers autoclear and helpers that
+/// Released devices usually disappear at once. The wait covers autoclear and helpers that
 /// exit after their FUSE mount goes.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
