@@ -141,8 +141,8 @@ pub enum ItemError {
         needed: u64,
         available: u64,
     },
-    /// A guest filesystem operation failed. The [`VfsError`] names the operation and the
-    /// path, so this variant adds no text of its own.
+    /// A guest filesystem operation failed. The [`VfsError`] already names the path, or the
+    /// operation when no path applies, so this variant adds no text of its own.
     #[error(transparent)]
     Guest { source: VfsError },
 }
