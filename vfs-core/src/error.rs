@@ -67,6 +67,14 @@ pub enum VfsError {
         op: &'static str,
         backend: &'static str,
     },
+    /// Releasing the filesystem failed: flushing, unmounting, detaching a device or stopping
+    /// an appliance. The source names the step.
+    #[error("closing the guest filesystem of the {backend} backend failed")]
+    Closing {
+        backend: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// A path given to the operation is invalid.
     #[error(transparent)]
     Path(#[from] PathError),

@@ -619,10 +619,9 @@ impl<H: GuestfsHandle> GuestFs for GuestfsFs<H> {
     }
 
     fn close(mut self: Box<Self>) -> Result<()> {
-        self.shutdown().map_err(|error| VfsError::Backend {
-            op: "shutting down the appliance of",
-            path: GuestPath::root(),
-            message: error.message,
+        self.shutdown().map_err(|error| VfsError::Closing {
+            backend: crate::BACKEND_NAME,
+            source: format!("shutting down the appliance failed: {}", error.message).into(),
         })
     }
 }

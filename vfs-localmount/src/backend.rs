@@ -1036,10 +1036,9 @@ impl GuestFs for LocalMount {
     }
 
     fn close(mut self: Box<Self>) -> vfs_core::Result<()> {
-        self.tear_down().map_err(|err| VfsError::Io {
-            op: "closing",
-            path: GuestPath::root(),
-            source: io::Error::other(err),
+        self.tear_down().map_err(|err| VfsError::Closing {
+            backend: BACKEND_NAME,
+            source: Box::new(err),
         })
     }
 }

@@ -568,7 +568,12 @@ fn close_reports_failed_shutdown() {
         Box::new(GuestfsFs::new(handle, root_table(), WriteAccess::Enabled));
 
     let error = fs.close().unwrap_err();
-    assert!(error.to_string().contains("qemu did not exit"), "{error}");
+    let cause = std::error::Error::source(&error).expect("the error has a cause");
+    assert!(
+        matches!(error, vfs_core::VfsError::Closing { .. }),
+        "{error}"
+    );
+    assert!(cause.to_string().contains("qemu did not exit"), "{cause}");
 }
 
 #[test]
