@@ -10,8 +10,15 @@ use vfs_localmount as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).ok_or("usage: library IMAGE")?;
-    let image = ImageRequest { path: path.into(), ..Default::default() }.resolve()?;
-    let options = OpenOptions { defer_writes: true, ..OpenOptions::new(image) };
+    let image = ImageRequest {
+        path: path.into(),
+        ..Default::default()
+    }
+    .resolve()?;
+    let options = OpenOptions {
+        defer_writes: true,
+        ..OpenOptions::new(image)
+    };
     let mut fs = registry::open(&BackendChoice::Named("localmount".into()), &options)?;
 
     let request = inject::Request {
