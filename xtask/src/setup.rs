@@ -15,7 +15,8 @@ use crate::{run_command, TaskError};
 const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-system-common", "qemu-block-extra"];
 
 /// The other packages. `libnbd-bin` is the bookworm package that ships `nbdfuse`;
-/// `linux-image-amd64` gives supermin the kernel it builds the libguestfs appliance from.
+/// `linux-image-amd64` gives supermin the kernel it builds the libguestfs appliance from;
+/// `time` gives `cargo xtask bench` the `/usr/bin/time` it measures peak memory with.
 const PACKAGES: &[&str] = &[
     "libguestfs-tools",
     "libguestfs-dev",
@@ -28,6 +29,7 @@ const PACKAGES: &[&str] = &[
     "xfsprogs",
     "btrfs-progs",
     "qemu-utils",
+    "time",
 ];
 
 const BACKPORTS_SUITE: &str = "bookworm-backports";
