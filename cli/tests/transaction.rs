@@ -358,7 +358,7 @@ impl RunningVm {
         let vm = Self { child };
 
         let deadline = Instant::now() + Duration::from_secs(30);
-        while vfs_localmount::ImageLock::check(image, false).is_ok() {
+        while vfs_core::imagelock::ImageLock::check(image, false).is_ok() {
             assert!(
                 Instant::now() < deadline,
                 "qemu never locked {}",
@@ -393,6 +393,39 @@ fn image_used_by_running_vm_is_rejected() {
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("in use"), "{text}");
     assert!(text.contains(&image.path.display().to_string()), "{text}");
+    assert_eq!(sha256(&image.path), before);
+    assert_nothing_left(&work);
+}
+
+#[test]
+#[ignore = "needs root and qemu-system-x86_64; run by cargo xtask integration"]
+fn image_used_by_running_vm_is_rejected_by_each_backend() {
+    let _serial = serial();
+    let work = Workspace::new();
+    let image = raw_image_with_locked_dir(&work);
+    let before = sha256(&image.path);
+    let vm = RunningVm::start(&image.path);
+
+    let outputs: Vec<(&str, Output)> = ["guestfs", "localmount"]
+        .into_iter()
+        .map(|backend| {
+            (
+                backend,
+                run_inject(&work, &image.path, backend, false, "/opt/app/x.cfg"),
+            )
+        })
+        .collect();
+    drop(vm);
+
+    for (backend, output) in &outputs {
+        let text = stderr(output);
+        assert_eq!(output.status.code(), Some(1), "{backend}: {text}");
+        assert!(text.contains("in use"), "{backend}: {text}");
+        assert!(
+            text.contains(&image.path.display().to_string()),
+            "{backend}: {text}"
+        );
+    }
     assert_eq!(sha256(&image.path), before);
     assert_nothing_left(&work);
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fsprobe;
 pub mod fstab;
 pub mod image;
+pub mod imagelock;
 pub mod layout;
 pub mod partition;
 pub mod path;

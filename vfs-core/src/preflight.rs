@@ -2,6 +2,9 @@
 //! image gets the same clear error on every backend and nothing is attached or launched for
 //! it.
 //!
+//! - No other process may use the image in a way that conflicts with the request, as qemu's
+//!   image locks show (see [`crate::imagelock`]), so an image in use by a running virtual
+//!   machine is rejected the same way on every backend.
 //! - A qcow2 image must pass `qemu-img check` (leaked clusters are accepted, because they
 //!   waste space but lose nothing). A truncated or corrupt qcow2 would otherwise reach the
 //!   guest kernel as a disk with holes, and a failed mount may then record an error in the
@@ -69,6 +72,9 @@ pub enum PreflightError {
         #[source]
         source: io::Error,
     },
+    /// The image is in use, or its locks could not be tested.
+    #[error(transparent)]
+    Locked(#[from] crate::imagelock::LockError),
     /// The raw image's partition table is invalid.
     #[error("image {image} has an invalid partition table")]
     PartitionTable {
@@ -85,8 +91,9 @@ pub enum PreflightError {
     },
 }
 
-/// Checks an image before a backend opens it.
-pub fn check_image(image: &ResolvedImage) -> Result<(), PreflightError> {
+/// Checks an image before a backend opens it, for reading only or for writing.
+pub fn check_image(image: &ResolvedImage, read_only: bool) -> Result<(), PreflightError> {
+    crate::imagelock::ImageLock::check(&image.path, read_only)?;
     match image.format {
         DiskFormat::Qcow2 => check_qcow2(&image.path),
         DiskFormat::Raw => check_raw(&image.path, &image.partition),

@@ -226,7 +226,7 @@ pub fn open(
     options: &OpenOptions,
 ) -> Result<Box<dyn GuestFs>, RegistryError> {
     let backend = choose(choice, Some(&options.image))?;
-    crate::preflight::check_image(&options.image)?;
+    crate::preflight::check_image(&options.image, options.read_only)?;
     let _span =
         tracing::info_span!("open", backend = backend.name, image = %options.image.path.display())
             .entered();

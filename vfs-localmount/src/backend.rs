@@ -32,9 +32,9 @@ use vfs_core::{GuestFs, GuestPath, Metadata, MountInfo, VfsError};
 
 use crate::failpoint;
 use crate::guest_mount::{GuestMount, GuestMountError};
-use crate::lock::{ImageLock, LockError};
 use crate::tree::RootedTree;
 use crate::BACKEND_NAME;
+use vfs_core::imagelock::{ImageLock, LockError};
 
 /// Files whose presence marks a filesystem as an operating system's root.
 const OS_ROOT_MARKERS: [&str; 2] = ["/etc/fstab", "/etc/os-release"];
@@ -323,6 +323,14 @@ impl LocalMount {
         self.root_mount.as_ref().map(Mount::path)
     }
 
+    /// Fails like a failed lock when the `localmount::lock` failpoint is set.
+    fn check_lock_failpoint(&self) -> Result<(), LockError> {
+        failpoint::check("localmount::lock").map_err(|source| LockError::Locking {
+            image: self.image.clone(),
+            source,
+        })
+    }
+
     /// Locks a raw image, or serves and attaches any other format, and returns the disk
     /// whose volumes are mounted.
     fn attach_disk(
@@ -332,6 +340,7 @@ impl LocalMount {
     ) -> Result<Disk, LocalMountError> {
         match format {
             DiskFormat::Raw => {
+                self.check_lock_failpoint()?;
                 self.lock = Some(ImageLock::acquire(&self.image, self.read_only)?);
                 let size =
                     disk_size(&self.image).map_err(|source| LocalMountError::OpeningDisk {
@@ -347,6 +356,7 @@ impl LocalMount {
             format => {
                 // qemu-nbd takes the locks itself; checking first gives a clear error
                 // before any helper starts.
+                self.check_lock_failpoint()?;
                 ImageLock::check(&self.image, self.read_only)?;
                 let options = NbdOptions {
                     read_only: self.read_only,

@@ -9,16 +9,15 @@
 mod backend;
 mod failpoint;
 mod guest_mount;
-mod lock;
 mod probe;
 mod sys;
 mod tree;
 
 pub use backend::{open, LocalMount, LocalMountError};
 pub use guest_mount::GuestMountError;
-pub use lock::{ImageLock, LockError, Permission};
 pub use probe::probe;
 pub use tree::RootedTree;
+pub use vfs_core::imagelock::{ImageLock, LockError, Permission};
 
 /// The name this backend is registered under.
 pub const BACKEND_NAME: &str = "localmount";

@@ -16,8 +16,6 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::FcntlArg;
 
-use crate::failpoint;
-
 /// The first byte of the "holds permission `i`" locks.
 const LOCK_PERM_BASE: i64 = 100;
 /// The first byte of the "does not share permission `i`" locks.
@@ -158,12 +156,10 @@ fn permissions(read_only: bool) -> (&'static [Permission], &'static [Permission]
 fn open(image: &Path) -> Result<File, LockError> {
     // Read locks need only read access, and a read-only image must stay unopened for
     // writing.
-    failpoint::check("localmount::lock")
-        .and_then(|()| File::open(image))
-        .map_err(|source| LockError::Locking {
-            image: image.to_owned(),
-            source,
-        })
+    File::open(image).map_err(|source| LockError::Locking {
+        image: image.to_owned(),
+        source,
+    })
 }
 
 /// Fails with [`LockError::InUse`] when another open file description holds a lock that
