@@ -266,48 +266,6 @@ fn failing_set_mode_fails_key_after_write() {
 }
 
 /// A `tracing` writer that keeps every formatted event in memory.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[test]
-fn apply_failure_is_returned_not_logged_as_error() {
-    let mut mock = MockFs::new();
-    mock.expect_create_dir_all()
-        .with(eq(path("/etc/network")), always())
-        .returning(|path, _| Err(VfsError::ReadOnly { path: path.clone() }));
-    Guest::debian().install(&mut mock);
-    let buffer = LogBuffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-
-    let result =
-        tracing::subscriber::with_default(subscriber, || inject(&mut mock, &network_request()));
-
-    let err = result.unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "injecting net into /etc/network/interfaces failed; no item had been applied before it"
-    );
-    let logged = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    assert!(logged.contains("item failed"), "{logged}");
-    assert!(!logged.contains("ERROR"), "{logged}");
-}
-
 #[test]
 fn failing_shadow_read_writes_nothing() {
     let mut mock = MockFs::new();
