@@ -174,8 +174,8 @@ fn guest_dir_names(image: &TestImage, dir: &str) -> Vec<String> {
 }
 
 /// Starts a run that copies a large file into `image`, kills it with SIGKILL once it has
-/// read [`KILL_AFTER_READ_BYTES`] of it, and returns how much it had read.
-fn kill_mid_write(work: &Workspace, image: &TestImage) -> u64 {
+/// read [`KILL_AFTER_READ_BYTES`] of it, and returns its pid and how much it had read.
+fn kill_mid_write(work: &Workspace, image: &TestImage) -> (u32, u64) {
     let payload = work.path().join("payload.bin");
     write_random_file(&payload, PAYLOAD_BYTES);
     let stderr = File::create(work.path().join("killed-run.stderr")).unwrap();
@@ -210,7 +210,7 @@ fn kill_mid_write(work: &Workspace, image: &TestImage) -> u64 {
         (read as usize) < PAYLOAD_BYTES,
         "the whole payload was read before the kill"
     );
-    read
+    (pid, read)
 }
 
 /// Runs a small request on `image` and checks that it lands.
@@ -235,6 +235,21 @@ fn run_after_kill(work: &Workspace, image: &TestImage) {
         reader.cat("/opt/after.cfg").unwrap(),
         b"written after the kill\n"
     );
+}
+
+/// Returns the private directories in `tmp` whose names carry `pid`, such as
+/// `guest-inject-mnt-<pid>-*`.
+fn private_dirs_of(tmp: &Path, pid: u32) -> Vec<PathBuf> {
+    let marker = format!("-{pid}-");
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.starts_with("guest-inject-") && name.contains(&marker)
+        })
+        .map(|entry| entry.path())
+        .collect()
 }
 
 fn assert_success(output: &Output, what: &str) {
@@ -273,7 +288,7 @@ fn killed_raw_run_releases_loop_and_mount() {
     let work = Workspace::new();
     let image = images::gpt_raw().unwrap().fresh_copy(work.path()).unwrap();
 
-    let read = kill_mid_write(&work, &image);
+    let (pid, read) = kill_mid_write(&work, &image);
     eprintln!("killed after reading {read} of {PAYLOAD_BYTES} bytes");
     let leaks = wait_for_release(work.path());
 
@@ -284,6 +299,8 @@ fn killed_raw_run_releases_loop_and_mount() {
     run_after_kill(&work, &image);
     let leaks = images::leak_check(work.path()).unwrap();
     assert!(leaks.is_empty(), "the run after the kill left {leaks}");
+    let stale = private_dirs_of(&work.tmp(), pid);
+    assert!(stale.is_empty(), "the run after the kill kept {stale:?}");
 }
 
 #[test]
@@ -296,7 +313,7 @@ fn killed_qcow2_run_releases_helpers() {
         .fresh_copy(work.path())
         .unwrap();
 
-    let read = kill_mid_write(&work, &image);
+    let (pid, read) = kill_mid_write(&work, &image);
     eprintln!("killed after reading {read} of {PAYLOAD_BYTES} bytes");
     let leaks = wait_for_release(work.path());
 
@@ -307,6 +324,8 @@ fn killed_qcow2_run_releases_helpers() {
     run_after_kill(&work, &image);
     let leaks = images::leak_check(work.path()).unwrap();
     assert!(leaks.is_empty(), "the run after the kill left {leaks}");
+    let stale = private_dirs_of(&work.tmp(), pid);
+    assert!(stale.is_empty(), "the run after the kill kept {stale:?}");
 }
 
 /// One image of a load test and the instance name its run writes into it.

@@ -4,7 +4,8 @@
 //! free `/dev/loopN`. [`Mount::new`] mounts a block device on a private temporary
 //! directory, [`Mount::mount_at`] on a given directory, and [`Mount::placeholder`] covers a
 //! directory with an empty read-only tmpfs. Every value releases what it holds when
-//! dropped and has a `close` that reports failures.
+//! dropped and has a `close` that reports failures. [`remove_stale_dirs`] clears the
+//! empty private directories that a killed process left in the temporary directory.
 //!
 //! A typical sequence, as root:
 //!
@@ -25,8 +26,10 @@ mod device;
 mod failpoint;
 mod ioctl;
 mod mount;
+mod stale;
 
 pub use device::{
     loop_devices_backed_by, AttachOptions, ByteRange, LoopDevice, LoopError, MAX_ATTACH_ATTEMPTS,
 };
 pub use mount::{DeviceLabel, Mount, MountError};
+pub use stale::{private_dir_prefix, remove_stale_dirs};

@@ -20,9 +20,6 @@ use nix::mount::{MntFlags, MsFlags};
 const UNMOUNT_BUSY_RETRIES: u32 = 20;
 const UNMOUNT_BUSY_DELAY: Duration = Duration::from_millis(25);
 
-/// Prefix of the temporary directories that [`Mount::new`] creates.
-const MOUNT_DIR_PREFIX: &str = "guest-inject-mnt-";
-
 /// Errors from mounting and unmounting.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -148,7 +145,7 @@ impl Mount {
         read_only: bool,
     ) -> Result<Self, MountError> {
         let dir = tempfile::Builder::new()
-            .prefix(MOUNT_DIR_PREFIX)
+            .prefix(&crate::private_dir_prefix("mnt"))
             .permissions(Permissions::from_mode(0o700))
             .tempdir_in(parent)
             .map_err(|source| MountError::CreatingMountDir { source })?;

@@ -183,7 +183,7 @@ impl NbdAttachment {
         let image = server.image().to_owned();
         let export_size = server.export_size();
 
-        let dir = create_private_dir("guest-inject-fuse-", &image)?;
+        let dir = create_private_dir("fuse", &image)?;
         let mount_point = dir.join("fuse");
         let file = mount_point.join(FUSE_FILE_NAME);
         let mut attachment = Self {

@@ -68,7 +68,7 @@ impl NbdServer {
         let _entered = span.enter();
 
         let image = absolute_image(image)?;
-        let dir = create_private_dir("guest-inject-nbd-", &image)?;
+        let dir = create_private_dir("nbd", &image)?;
         let socket = dir.join("nbd.sock");
         let command = serve_command(&image, &socket, options);
 
@@ -265,10 +265,12 @@ pub(crate) fn absolute_image(image: &Path) -> Result<PathBuf, NbdError> {
     })
 }
 
-/// Creates a mode 0700 directory in the system's temporary directory.
-pub(crate) fn create_private_dir(prefix: &str, image: &Path) -> Result<PathBuf, NbdError> {
+/// Creates a mode 0700 directory in the system's temporary directory, named
+/// `guest-inject-<kind>-<pid>-*` so that `mount_loop::remove_stale_dirs` in a later run
+/// can clear it after this process is killed.
+pub(crate) fn create_private_dir(kind: &str, image: &Path) -> Result<PathBuf, NbdError> {
     let dir = tempfile::Builder::new()
-        .prefix(prefix)
+        .prefix(&format!("guest-inject-{kind}-{}-", std::process::id()))
         .permissions(Permissions::from_mode(0o700))
         .tempdir()
         .map_err(|source| NbdError::CreatingRuntimeDir {

@@ -35,6 +35,9 @@ pub fn resolve_image(args: &ImageArgs) -> Result<ResolvedImage, Failure> {
 
 /// Opens a resolved image with the chosen backend, showing progress on a terminal.
 ///
+/// As root, it first removes the empty private directories that killed runs left in the
+/// temporary directory; see [`mount_loop::remove_stale_dirs`].
+///
 /// An image opened for writing has its filesystems mounted read-only until
 /// [`GuestFs::enable_writes`], so that a request that fails before writing leaves the image
 /// unchanged.
@@ -43,6 +46,10 @@ pub fn open_image(
     image: ResolvedImage,
     read_only: bool,
 ) -> Result<Box<dyn GuestFs>, Failure> {
+    if nix::unistd::geteuid().is_root() {
+        mount_loop::remove_stale_dirs(&std::env::temp_dir());
+    }
+
     let options = OpenOptions {
         image,
         read_only,
