@@ -1,10 +1,14 @@
 //! Runs the same request through `guest-inject` with each backend on copies of one real
 //! image, then reads both results back with debugfs (independently of the backends) and
 //! compares them. Also searches everything the runs printed, at full debug logging, and
-//! every file they left in their temporary directory, for the password.
+//! every file they left in their temporary directory, and the command line of every process
+//! they started, for the password.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use testkit::images::{self, Ext4Reader, TestImage};
 
@@ -52,8 +56,10 @@ impl Inputs {
     }
 }
 
-fn run_inject(backend: &str, image: &Path, inputs: &Inputs, tmp: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_guest-inject"))
+/// Runs the request and returns its output with the command lines of every process that
+/// descended from it while it ran, sampled every few milliseconds.
+fn run_inject(backend: &str, image: &Path, inputs: &Inputs, tmp: &Path) -> (Output, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_guest-inject"))
         .args(["-vvv", "inject", "--backend", backend])
         .args(["--ssh-key", &inputs.path("key.pub")])
         .args(["--admin-password-file", &inputs.path("password")])
@@ -68,8 +74,76 @@ fn run_inject(backend: &str, image: &Path, inputs: &Inputs, tmp: &Path) -> Outpu
         .env("LIBGUESTFS_DEBUG", "1")
         .env("LIBGUESTFS_TRACE", "1")
         .env("TMPDIR", tmp)
-        .output()
-        .expect("guest-inject runs")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("guest-inject starts");
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+
+    let mut command_lines = BTreeSet::new();
+    let status = loop {
+        command_lines.extend(descendant_command_lines(child.id()));
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let output = Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    (output, command_lines.into_iter().collect())
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        pipe.read_to_end(&mut bytes).unwrap();
+        bytes
+    })
+}
+
+/// Returns the command lines of `root` and every process below it, from `/proc`.
+fn descendant_command_lines(root: u32) -> Vec<String> {
+    let mut parents = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The parent pid is the second field after the command name, which ends at the
+        // last ')'.
+        let after_name = &stat[stat.rfind(')').map_or(0, |index| index + 1)..];
+        if let Some(ppid) = after_name
+            .split_whitespace()
+            .nth(1)
+            .and_then(|field| field.parse::<u32>().ok())
+        {
+            parents.insert(pid, ppid);
+        }
+    }
+    let is_descendant = |mut pid: u32| {
+        for _ in 0..64 {
+            if pid == root {
+                return true;
+            }
+            match parents.get(&pid) {
+                Some(&parent) if parent != 0 => pid = parent,
+                _ => return false,
+            }
+        }
+        false
+    };
+    parents
+        .keys()
+        .filter(|&&pid| is_descendant(pid))
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
+        .collect()
 }
 
 /// Reads a file's bytes (or a directory's absence of them) with its mode and owners, with
@@ -160,7 +234,7 @@ fn backends_write_identical_files_and_never_leak_password() {
         std::fs::create_dir_all(&tmp).unwrap();
         let copy = copy_image(&image, &dir);
 
-        let output = run_inject(backend, &copy.path, &inputs, &tmp);
+        let (output, command_lines) = run_inject(backend, &copy.path, &inputs, &tmp);
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{backend} failed:\n{stderr}");
@@ -181,6 +255,20 @@ fn backends_write_identical_files_and_never_leak_password() {
             stderr.contains("DEBUG"),
             "{backend} ran without debug logging"
         );
+        assert!(
+            command_lines.len() > 1,
+            "{backend}: no child process was seen, so the argument check saw nothing"
+        );
+        for line in &command_lines {
+            assert!(
+                !line.contains(PASSWORD),
+                "{backend} passed the password to a process: {line}"
+            );
+            assert!(
+                !line.contains(&hash),
+                "{backend} passed the password hash to a process"
+            );
+        }
         let leftovers = files_containing(&tmp, PASSWORD.as_bytes());
         assert!(
             leftovers.is_empty(),
