@@ -74,6 +74,8 @@ fn run_inject(backend: &str, image: &Path, inputs: &Inputs, tmp: &Path) -> (Outp
         .env("LIBGUESTFS_DEBUG", "1")
         .env("LIBGUESTFS_TRACE", "1")
         .env("TMPDIR", tmp)
+        // With TMPDIR alone, libguestfs would build a new appliance cache under it.
+        .env("LIBGUESTFS_CACHEDIR", "/var/tmp")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -155,6 +155,8 @@ fn inject(backend: &'static str, image: &Path, args: &[&str], tmp: &Path) -> Run
         .args(args)
         .arg(image)
         .env("TMPDIR", tmp)
+        // With TMPDIR alone, libguestfs would build a new appliance cache under it.
+        .env("LIBGUESTFS_CACHEDIR", "/var/tmp")
         .env_remove("RUST_LOG")
         .output()
         .expect("guest-inject runs");
@@ -971,6 +973,7 @@ fn shadow_without_root_exits_1_silently(backend: &'static str) {
         .env("RUST_LOG", "trace")
         .env("LIBGUESTFS_TRACE", "1")
         .env("TMPDIR", copy.tmp())
+        .env("LIBGUESTFS_CACHEDIR", "/var/tmp")
         .output()
         .unwrap();
     let run = Run { backend, output };
