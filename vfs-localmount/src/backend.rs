@@ -5,8 +5,9 @@
 //! and the loop device goes on that at the volume's offset. The volume comes from the
 //! partition table and filesystem probe of `vfs_core::layout`. With `auto`, every volume
 //! that holds a filesystem is mounted read-only and looked at, the single one with
-//! `/etc/fstab` or `/etc/os-release` becomes the root, and the local filesystems its
-//! `/etc/fstab` lists are mounted beneath it.
+//! `/etc/fstab` or `/etc/os-release` becomes the root. Whether chosen by `auto` or
+//! explicitly, the local filesystems that the root's `/etc/fstab` lists are mounted beneath
+//! it.
 //!
 //! Every file operation then goes through a [`RootedTree`] on the mounted root.
 //!
@@ -242,9 +243,7 @@ pub fn open(options: &OpenOptions) -> Result<LocalMount, LocalMountError> {
         }
     };
     fs.mount_root(&disk, &volumes, root_index)?;
-    if options.image.partition == PartitionSelector::Auto {
-        fs.mount_fstab_entries(&disk, &volumes)?;
-    }
+    fs.mount_fstab_entries(&disk, &volumes, root_index)?;
 
     tracing::info!(mounts = fs.guest_mounts.len() + 1, "image opened");
     Ok(fs)
@@ -499,15 +498,21 @@ impl LocalMount {
 
     /// Mounts the local filesystems that the root's `/etc/fstab` lists, parents first, and
     /// covers the mount points of those not found on this disk.
+    ///
+    /// This runs for `auto` and for an explicitly chosen filesystem alike, and does nothing
+    /// when the root has no `/etc/fstab`. It also does nothing when that fstab lists the
+    /// root volume at a mount point other than `/`, because the chosen filesystem is then
+    /// one of the guest's children, not its root.
     fn mount_fstab_entries(
         &mut self,
         disk: &Disk,
         volumes: &[Volume],
+        root_index: usize,
     ) -> Result<(), LocalMountError> {
         let fstab_path = GuestPath::new("/etc/fstab").expect("valid path");
         let contents = match self.tree_mut().read_file(&fstab_path) {
             Ok(contents) => contents,
-            Err(VfsError::NotFound { .. }) => return Ok(()),
+            Err(VfsError::NotFound { .. }) | Err(VfsError::NotADirectory { .. }) => return Ok(()),
             Err(source) => {
                 return Err(LocalMountError::PreparingTree {
                     image: self.image.clone(),
@@ -516,6 +521,16 @@ impl LocalMount {
             }
         };
         let entries = parse_fstab(&contents);
+        let root_listed_elsewhere = local_mounts(&entries).iter().any(|entry| {
+            GuestPath::new(&entry.mount_point).is_ok_and(|point| !point.is_root())
+                && find_volume_for_spec(&entry.spec, volumes) == Some(root_index)
+        });
+        if root_listed_elsewhere {
+            tracing::warn!(
+                "/etc/fstab lists the chosen filesystem at a mount point other than /, so nothing is mounted beneath it"
+            );
+            return Ok(());
+        }
 
         for entry in local_mounts(&entries) {
             let Ok(mount_point) = GuestPath::new(&entry.mount_point) else {

@@ -327,6 +327,55 @@ fn uuid_and_label_select_the_root() {
 
 #[test]
 #[ignore = "needs root and loop devices; run by cargo xtask integration"]
+fn explicit_partition_writes_boot_to_partition_1() {
+    let scratch = Scratch::new(Layout::MbrBootFirst, DiskFormat::Raw);
+    let mut fs = vfs_localmount::open(&scratch.options(PartitionSelector::Number(2))).unwrap();
+
+    write(&mut fs, "/boot/explicit.txt", b"on the boot partition\n").unwrap();
+    let points = mount_point_names(&fs.mounts());
+    Box::new(fs).close().unwrap();
+
+    scratch.assert_no_leaks();
+    assert_eq!(points, ["/", "/boot"]);
+    assert_eq!(
+        debugfs_cat(&scratch.image, MBR_BOOT_OFFSET, "/explicit.txt").as_deref(),
+        Some(&b"on the boot partition\n"[..])
+    );
+    assert_eq!(
+        debugfs_cat(&scratch.image, MBR_ROOT_OFFSET, "/boot/explicit.txt"),
+        None
+    );
+}
+
+#[test]
+#[ignore = "needs root and loop devices; run by cargo xtask integration"]
+fn explicit_partition_rejects_missing_fstab_mount() {
+    let scratch = Scratch::new(Layout::MbrBootFirst, DiskFormat::Raw);
+    let fstab = format!(
+        "UUID={ROOT_UUID} / ext4 defaults 0 1\n\
+         UUID={MISSING_UUID} /data ext4 defaults 0 2\n"
+    );
+    custom_mbr(&scratch, &fstab, |tree| {
+        fs::create_dir_all(tree.join("data")).unwrap();
+    });
+    let mut fs = vfs_localmount::open(&scratch.options(PartitionSelector::Number(2))).unwrap();
+
+    let into_data = write(&mut fs, "/data/new", b"x");
+    Box::new(fs).close().unwrap();
+
+    assert!(
+        matches!(&into_data, Err(VfsError::NotMounted { mount_point, .. }) if mount_point.as_str() == "/data"),
+        "{into_data:?}"
+    );
+    scratch.assert_no_leaks();
+    assert_eq!(
+        debugfs_cat(&scratch.image, MBR_ROOT_OFFSET, "/data/new"),
+        None
+    );
+}
+
+#[test]
+#[ignore = "needs root and loop devices; run by cargo xtask integration"]
 fn partition_without_filesystem_is_an_error() {
     let scratch = Scratch::new(Layout::Gpt, DiskFormat::Raw);
 
