@@ -3,16 +3,22 @@
 
 use std::path::{Path, PathBuf};
 
+use vfs_core::fstab::{local_mounts, parse_fstab};
 use vfs_core::image::PartitionSelector;
 use vfs_core::registry::OpenOptions;
 use vfs_core::GuestPath;
 
 use crate::error::GuestfsError;
+use crate::fs::CHUNK_SIZE;
 use crate::handle::{GuestfsHandle, HandleError};
 
 /// Settings that choose how qemu accelerates the appliance; when the caller or
 /// `LIBGUESTFS_BACKEND_SETTINGS` names one of them, no default is added.
 const ACCELERATION_SETTINGS: [&str; 2] = ["force_tcg", "force_kvm"];
+
+/// The guest's table of filesystems, read from the chosen root when a filesystem is
+/// selected explicitly.
+const FSTAB: &str = "/etc/fstab";
 
 /// A filesystem mounted in the appliance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,16 +164,138 @@ pub(crate) fn mount_filesystems<H: GuestfsHandle>(
             let device = choose_device(handle, image, selector)?;
             let fs_type = mountable_type(handle, image, &device)?;
             mount_root(handle, image, mount_options, &device, &fs_type)?;
-            Ok(MountTable {
+            let mut table = MountTable {
                 mounted: vec![Mounted {
                     mount_point: GuestPath::root(),
                     device,
                     fs_type,
                 }],
                 failed: Vec::new(),
-            })
+            };
+            mount_fstab_entries(handle, image, mount_options, &mut table)?;
+            Ok(table)
         }
     }
+}
+
+/// Mounts the local filesystems that the chosen root's `/etc/fstab` lists beneath it, in
+/// the order [`local_mounts`] gives (parents first).
+///
+/// Without this, a write to `/boot/x` on a guest with a separate `/boot` would land on the
+/// root filesystem underneath the guest's real `/boot`. A spec that names no filesystem on
+/// the disk, such as `PARTUUID=` (not looked up here), is recorded in
+/// [`MountTable::failed`] like a mount that fails, so writes beneath it are rejected.
+fn mount_fstab_entries<H: GuestfsHandle>(
+    handle: &mut H,
+    image: &Path,
+    mount_options: &str,
+    table: &mut MountTable,
+) -> Result<(), GuestfsError> {
+    let contents = match handle.pread(FSTAB, CHUNK_SIZE as u32, 0) {
+        Ok(contents) => contents,
+        Err(error) if error.errno == libc::ENOENT => {
+            tracing::debug!("the chosen filesystem has no /etc/fstab; mounting it alone");
+            return Ok(());
+        }
+        Err(error) => {
+            tracing::warn!(error = %error.message, "reading /etc/fstab of the chosen filesystem failed; mounting it alone");
+            return Ok(());
+        }
+    };
+    let entries = parse_fstab(&contents);
+    let beneath_root: Vec<(GuestPath, &str)> = local_mounts(&entries)
+        .into_iter()
+        .filter_map(|entry| match GuestPath::new(&entry.mount_point) {
+            Ok(point) if point.is_root() => None,
+            Ok(point) => Some((point, entry.spec.as_str())),
+            Err(error) => {
+                tracing::warn!(mount_point = %entry.mount_point, %error, "skipping an invalid mount point from the guest's fstab");
+                None
+            }
+        })
+        .collect();
+    if beneath_root.is_empty() {
+        return Ok(());
+    }
+
+    let filesystems = handle
+        .list_filesystems()
+        .map_err(|source| GuestfsError::Listing {
+            image: image.to_owned(),
+            items: "filesystems",
+            source,
+        })?;
+    for (mount_point, spec) in beneath_root {
+        let device = find_fstab_device(handle, spec, &filesystems);
+        if device.is_none() {
+            tracing::warn!(spec, %mount_point, "no filesystem on the disk matches the fstab entry; writes beneath its mount point will be rejected");
+        }
+        mount_beneath(handle, table, mount_options, mount_point, device);
+    }
+    Ok(())
+}
+
+/// Returns the one filesystem that an fstab spec names: `UUID=` (without regard to case),
+/// `LABEL=`, or a kernel name such as `/dev/vda1`, which names partition 1 of this disk.
+fn find_fstab_device<H: GuestfsHandle>(
+    handle: &mut H,
+    spec: &str,
+    filesystems: &[(String, String)],
+) -> Option<String> {
+    let unquote = |value: &str| value.trim_matches('"').to_owned();
+    let candidates = filesystems
+        .iter()
+        .filter(|(_, fs_type)| is_mountable_type(fs_type))
+        .map(|(mountable, _)| mountable);
+
+    let matches: Vec<String> = if let Some(uuid) = spec.strip_prefix("UUID=") {
+        let uuid = unquote(uuid);
+        candidates
+            .filter(|mountable| {
+                handle
+                    .vfs_uuid(mountable)
+                    .is_ok_and(|found| found.eq_ignore_ascii_case(&uuid))
+            })
+            .cloned()
+            .collect()
+    } else if let Some(label) = spec.strip_prefix("LABEL=") {
+        let label = unquote(label);
+        candidates
+            .filter(|mountable| {
+                handle
+                    .vfs_label(mountable)
+                    .is_ok_and(|found| found == label)
+            })
+            .cloned()
+            .collect()
+    } else {
+        let device = format!("/dev/sda{}", kernel_partition_number(spec)?);
+        candidates
+            .filter(|mountable| **mountable == device)
+            .cloned()
+            .collect()
+    };
+    match <[String; 1]>::try_from(matches) {
+        Ok([device]) => Some(device),
+        Err(_) => None,
+    }
+}
+
+/// Returns N for a partition name such as `/dev/sda2`, `/dev/vdb2`, `/dev/xvda2` or
+/// `/dev/hda2`. The disk letter is ignored because the guest is given this one disk.
+fn kernel_partition_number(spec: &str) -> Option<u32> {
+    let name = spec.strip_prefix("/dev/")?;
+    let name = ["xvd", "sd", "vd", "hd"]
+        .iter()
+        .find_map(|prefix| name.strip_prefix(prefix))?;
+    let digits = name.trim_start_matches(|c: char| c.is_ascii_lowercase());
+    if digits.len() == name.len()
+        || digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    digits.parse().ok().filter(|number| *number >= 1)
 }
 
 /// Returns the device for `none`, a partition number, a label or a UUID.
@@ -359,30 +487,7 @@ fn mount_inspected<H: GuestfsHandle>(
             continue;
         }
 
-        let _span = tracing::info_span!("mount", %device, mount_point = %guest_point).entered();
-        if let Some(parent) = table
-            .failed
-            .iter()
-            .find(|failed| guest_point.starts_with(failed))
-        {
-            tracing::warn!(parent = %parent, "not mounting beneath a mount point whose filesystem failed to mount");
-            table.failed.push(guest_point);
-            continue;
-        }
-        match handle.mount_options(mount_options, &device, guest_point.as_str()) {
-            Ok(()) => {
-                let fs_type = handle.vfs_type(&device).unwrap_or_default();
-                table.mounted.push(Mounted {
-                    mount_point: guest_point,
-                    device,
-                    fs_type,
-                });
-            }
-            Err(error) => {
-                tracing::warn!(error = %error.message, "mounting a filesystem from the guest's fstab failed; writes beneath its mount point will be rejected");
-                table.failed.push(guest_point);
-            }
-        }
+        mount_beneath(handle, &mut table, mount_options, guest_point, Some(device));
     }
     if table.mounted.first().map(|m| m.mount_point.is_root()) != Some(true) {
         return Err(GuestfsError::Inspecting {
@@ -394,6 +499,48 @@ fn mount_inspected<H: GuestfsHandle>(
         });
     }
     Ok(table)
+}
+
+/// Mounts `device` at `mount_point` beneath the mounted root, or records the mount point in
+/// [`MountTable::failed`] when there is no device, a mount point above it failed, or the
+/// mount fails.
+fn mount_beneath<H: GuestfsHandle>(
+    handle: &mut H,
+    table: &mut MountTable,
+    mount_options: &str,
+    mount_point: GuestPath,
+    device: Option<String>,
+) {
+    let _span =
+        tracing::info_span!("mount", device = device.as_deref().unwrap_or("(none)"), %mount_point)
+            .entered();
+    if let Some(parent) = table
+        .failed
+        .iter()
+        .find(|failed| mount_point.starts_with(failed))
+    {
+        tracing::warn!(parent = %parent, "not mounting beneath a mount point whose filesystem failed to mount");
+        table.failed.push(mount_point);
+        return;
+    }
+    let Some(device) = device else {
+        table.failed.push(mount_point);
+        return;
+    };
+    match handle.mount_options(mount_options, &device, mount_point.as_str()) {
+        Ok(()) => {
+            let fs_type = handle.vfs_type(&device).unwrap_or_default();
+            table.mounted.push(Mounted {
+                mount_point,
+                device,
+                fs_type,
+            });
+        }
+        Err(error) => {
+            tracing::warn!(error = %error.message, "mounting a filesystem from the guest's fstab failed; writes beneath its mount point will be rejected");
+            table.failed.push(mount_point);
+        }
+    }
 }
 
 /// Sorts mount points so that every one comes after those above it: `/` first, then by
@@ -441,6 +588,50 @@ mod tests {
             message: message.to_owned(),
             errno: 0,
         }
+    }
+
+    /// Expects the chosen root to have no `/etc/fstab`.
+    fn expect_no_fstab(handle: &mut MockGuestfsHandle) {
+        handle
+            .expect_pread()
+            .with(eq("/etc/fstab"), mockall::predicate::always(), eq(0))
+            .returning(|_, _, _| {
+                Err(HandleError {
+                    message: "open: /etc/fstab: No such file or directory".into(),
+                    errno: libc::ENOENT,
+                })
+            });
+    }
+
+    /// Expects the chosen root's `/etc/fstab` to hold `text`.
+    fn expect_fstab(handle: &mut MockGuestfsHandle, text: &'static str) {
+        handle
+            .expect_pread()
+            .with(eq("/etc/fstab"), mockall::predicate::always(), eq(0))
+            .times(1)
+            .returning(move |_, _, _| Ok(text.as_bytes().to_vec()));
+    }
+
+    /// Expects a disk with an ext4 `/boot` on partition 1 and an ext4 root on partition 2.
+    fn expect_boot_and_root(handle: &mut MockGuestfsHandle) {
+        handle
+            .expect_list_partitions()
+            .returning(|| Ok(vec!["/dev/sda1".into(), "/dev/sda2".into()]));
+        handle.expect_list_filesystems().returning(|| {
+            Ok(vec![
+                ("/dev/sda1".into(), "ext4".into()),
+                ("/dev/sda2".into(), "ext4".into()),
+            ])
+        });
+        handle.expect_vfs_type().returning(|_| Ok("ext4".into()));
+        handle.expect_vfs_uuid().returning(|device| {
+            Ok(if device == "/dev/sda1" {
+                "B00B0000-0000-4000-8000-000000000001"
+            } else {
+                "b00b0000-0000-4000-8000-000000000002"
+            }
+            .into())
+        });
     }
 
     #[test]
@@ -545,6 +736,7 @@ mod tests {
     #[test]
     fn partition_number_mounts_that_partition_only() {
         let mut handle = MockGuestfsHandle::new();
+        expect_no_fstab(&mut handle);
         handle
             .expect_list_partitions()
             .returning(|| Ok(vec!["/dev/sda1".into(), "/dev/sda2".into()]));
@@ -614,6 +806,7 @@ mod tests {
     #[test]
     fn label_matches_one_filesystem() {
         let mut handle = MockGuestfsHandle::new();
+        expect_no_fstab(&mut handle);
         handle.expect_list_filesystems().returning(|| {
             Ok(vec![
                 ("/dev/sda1".into(), "ext4".into()),
@@ -646,6 +839,7 @@ mod tests {
     #[test]
     fn uuid_match_ignores_case() {
         let mut handle = MockGuestfsHandle::new();
+        expect_no_fstab(&mut handle);
         handle
             .expect_list_filesystems()
             .returning(|| Ok(vec![("/dev/sda1".into(), "ext4".into())]));
@@ -818,6 +1012,7 @@ mod tests {
     #[test]
     fn deferred_writes_mount_ro_on_writable_drive() {
         let mut handle = MockGuestfsHandle::new();
+        expect_no_fstab(&mut handle);
         handle
             .expect_add_drive()
             .withf(|_, _, read_only| !*read_only)
@@ -840,6 +1035,7 @@ mod tests {
     #[test]
     fn read_only_mounts_with_ro() {
         let mut handle = MockGuestfsHandle::new();
+        expect_no_fstab(&mut handle);
         handle.expect_vfs_type().returning(|_| Ok("ext4".into()));
         handle
             .expect_mount_options()
@@ -849,5 +1045,153 @@ mod tests {
         let mut options = options(PartitionSelector::None);
         options.read_only = true;
         mount_filesystems(&mut handle, &options).unwrap();
+    }
+
+    #[test]
+    fn explicit_partition_mounts_boot_from_its_fstab() {
+        let mut handle = MockGuestfsHandle::new();
+        expect_boot_and_root(&mut handle);
+        expect_fstab(
+            &mut handle,
+            "UUID=b00b0000-0000-4000-8000-000000000002 / ext4 errors=remount-ro 0 1\n\
+             UUID=b00b0000-0000-4000-8000-000000000001 /boot ext4 defaults 0 2\n\
+             proc /proc proc defaults 0 0\n",
+        );
+        let mut sequence = mockall::Sequence::new();
+        for (device, point) in [("/dev/sda2", "/"), ("/dev/sda1", "/boot")] {
+            handle
+                .expect_mount_options()
+                .with(eq("ro"), eq(device), eq(point))
+                .times(1)
+                .in_sequence(&mut sequence)
+                .returning(|_, _, _| Ok(()));
+        }
+        handle.expect_inspect_os().never();
+        let mut options = options(PartitionSelector::Number(2));
+        options.defer_writes = true;
+
+        let table = mount_filesystems(&mut handle, &options).unwrap();
+
+        let mounted: Vec<(&str, &str)> = table
+            .mounted
+            .iter()
+            .map(|m| (m.mount_point.as_str(), m.device.as_str()))
+            .collect();
+        assert_eq!(mounted, [("/", "/dev/sda2"), ("/boot", "/dev/sda1")]);
+        assert!(table.failed.is_empty());
+    }
+
+    #[test]
+    fn fstab_kernel_name_and_label_find_partitions() {
+        let mut handle = MockGuestfsHandle::new();
+        expect_boot_and_root(&mut handle);
+        handle.expect_vfs_label().returning(|device| {
+            Ok(if device == "/dev/sda1" {
+                "boot"
+            } else {
+                "root"
+            }
+            .into())
+        });
+        expect_fstab(
+            &mut handle,
+            "/dev/vda2 / ext4 defaults 0 1\nLABEL=boot /boot ext4 defaults 0 2\n\
+             /dev/vdb1 /mnt auto defaults 0 2\n",
+        );
+        for (device, point) in [
+            ("/dev/sda2", "/"),
+            ("/dev/sda1", "/boot"),
+            ("/dev/sda1", "/mnt"),
+        ] {
+            handle
+                .expect_mount_options()
+                .with(eq(""), eq(device), eq(point))
+                .times(1)
+                .returning(|_, _, _| Ok(()));
+        }
+
+        let table = mount_filesystems(&mut handle, &options(PartitionSelector::Number(2))).unwrap();
+
+        let points: Vec<&str> = table
+            .mounted
+            .iter()
+            .map(|m| m.mount_point.as_str())
+            .collect();
+        assert_eq!(points, ["/", "/boot", "/mnt"]);
+    }
+
+    #[test]
+    fn unknown_fstab_uuid_rejects_writes_beneath() {
+        let mut handle = MockGuestfsHandle::new();
+        expect_boot_and_root(&mut handle);
+        expect_fstab(
+            &mut handle,
+            "UUID=b00b0000-0000-4000-8000-000000000002 / ext4 defaults 0 1\n\
+             UUID=00000000-0000-4000-8000-00000000dead /boot ext4 defaults 0 2\n",
+        );
+        handle
+            .expect_mount_options()
+            .with(eq(""), eq("/dev/sda2"), eq("/"))
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        handle
+            .expect_realpath()
+            .with(eq("/boot"))
+            .returning(|_| Ok("/boot".into()));
+        handle.expect_lstatns().returning(|_| {
+            Err(HandleError {
+                message: "lstatns: /boot/x: No such file or directory".into(),
+                errno: libc::ENOENT,
+            })
+        });
+        handle.expect_write().never();
+        handle.expect_shutdown().times(1).returning(|| Ok(()));
+        let options = options(PartitionSelector::Number(2));
+        let table = mount_filesystems(&mut handle, &options).unwrap();
+        let failed: Vec<&str> = table.failed.iter().map(GuestPath::as_str).collect();
+        assert_eq!(failed, ["/boot"]);
+        let mut fs = crate::GuestfsFs::new(handle, table, WriteAccess::of(&options));
+
+        let error = vfs_core::GuestFs::write_file(
+            &mut fs,
+            &GuestPath::new("/boot/x").unwrap(),
+            &mut &b"x"[..],
+            0o644,
+        )
+        .unwrap_err();
+
+        match error {
+            vfs_core::VfsError::NotMounted { mount_point, .. } => {
+                assert_eq!(mount_point.as_str(), "/boot")
+            }
+            other => panic!("expected NotMounted, got {other}"),
+        }
+    }
+
+    #[test]
+    fn fstab_without_entries_beneath_root_lists_nothing() {
+        let mut handle = MockGuestfsHandle::new();
+        handle.expect_vfs_type().returning(|_| Ok("ext4".into()));
+        expect_fstab(&mut handle, "/dev/sda / ext4 defaults 0 1\n");
+        handle
+            .expect_mount_options()
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        handle.expect_list_filesystems().never();
+
+        let table = mount_filesystems(&mut handle, &options(PartitionSelector::None)).unwrap();
+
+        assert_eq!(table.mounted.len(), 1);
+    }
+
+    #[test]
+    fn kernel_names_give_partition_numbers() {
+        assert_eq!(kernel_partition_number("/dev/sda1"), Some(1));
+        assert_eq!(kernel_partition_number("/dev/vdb12"), Some(12));
+        assert_eq!(kernel_partition_number("/dev/xvda2"), Some(2));
+        assert_eq!(kernel_partition_number("/dev/vda"), None);
+        assert_eq!(kernel_partition_number("/dev/sd1"), None);
+        assert_eq!(kernel_partition_number("/dev/nvme0n1p1"), None);
+        assert_eq!(kernel_partition_number("/dev/sda0"), None);
     }
 }

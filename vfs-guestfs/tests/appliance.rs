@@ -193,6 +193,44 @@ fn auto_mode_writes_boot_files_to_boot_partition() {
 
 #[test]
 #[ignore = "needs libguestfs and an appliance launch (~20 s); run by cargo xtask integration"]
+fn explicit_root_partition_writes_boot_files_to_boot_partition() {
+    let _lock = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let image = images::tiny_mbr_boot_first()
+        .expect("build the tiny MBR image")
+        .fresh_copy(dir.path())
+        .unwrap();
+    let mut options = options(&image, PartitionSelector::Number(2));
+    options.defer_writes = true;
+    let mut fs = vfs_guestfs::open(&options).expect("open partition 2");
+
+    let mounts = fs.mounts();
+    let points: Vec<(&str, &str)> = mounts
+        .iter()
+        .map(|mount| (mount.mount_point.as_str(), mount.source.as_str()))
+        .collect();
+    assert_eq!(points, [("/", "/dev/sda2"), ("/boot", "/dev/sda1")]);
+    fs.enable_writes().expect("enable writes");
+    fs.write_file(
+        &path("/boot/explicit.txt"),
+        &mut &b"on the boot partition\n"[..],
+        0o644,
+    )
+    .unwrap();
+    Box::new(fs).close().expect("close");
+    assert_no_leaks(dir.path());
+
+    let boot = image.boot_reader().unwrap().expect("a separate /boot");
+    let root = image.root_reader().unwrap();
+    assert_eq!(
+        boot.cat_string("/explicit.txt").unwrap(),
+        "on the boot partition\n"
+    );
+    assert!(!root.exists("/boot/explicit.txt").unwrap());
+}
+
+#[test]
+#[ignore = "needs libguestfs and an appliance launch (~20 s); run by cargo xtask integration"]
 fn read_only_label_open_rejects_writes() {
     let _lock = lock();
     let dir = tempfile::tempdir().unwrap();
@@ -206,7 +244,7 @@ fn read_only_label_open_rejects_writes() {
     let mut fs = vfs_guestfs::open(&options).expect("open read-only by label");
 
     let mounts = fs.mounts();
-    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts.len(), 2);
     assert_eq!(mounts[0].source, "/dev/sda2");
     let os_release = fs.read_file(&path("/etc/os-release")).unwrap();
     assert!(String::from_utf8_lossy(&os_release).contains("bookworm"));
