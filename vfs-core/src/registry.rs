@@ -6,9 +6,10 @@
 //!
 //! # The choice rule
 //!
-//! - A named backend is used if its probe says it can run here, and is an error otherwise.
+//! - A named backend is used if its probe reports that it can run here, and is an error
+//!   otherwise.
 //! - `auto` takes the registered backends in ascending [`Backend::auto_rank`] and uses the
-//!   first whose probe says it can run for this image. The order is fixed before anything is
+//!   first whose probe reports that it can run for this image. The order is fixed before anything is
 //!   opened. `guestfs` ranks before `localmount` because it never lets the host kernel
 //!   parse the guest filesystem.
 //! - Once a backend is chosen, its failure to open is the result. No other backend is tried
@@ -28,7 +29,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 pub enum Availability {
     /// The backend can run.
     Available,
-    /// The backend cannot run; the reason says what is missing and what to do.
+    /// The backend cannot run. The reason names what is missing and what to do.
     Unavailable { reason: String },
 }
 
@@ -219,13 +220,21 @@ pub fn choose(
 }
 
 /// Chooses a backend, checks the image (see [`crate::preflight`]) and opens it with the
-/// backend. A failure of the chosen backend is
-/// returned as is; no other backend is tried.
+/// backend. A failure of the chosen backend is returned as is; no other backend is tried.
 pub fn open(
     choice: &BackendChoice,
     options: &OpenOptions,
 ) -> Result<Box<dyn GuestFs>, RegistryError> {
     let backend = choose(choice, Some(&options.image))?;
+    open_with(backend, options)
+}
+
+/// Checks the image (see [`crate::preflight`]) and opens it with a backend that [`choose`]
+/// returned, for callers that report the choice before the slow open.
+pub fn open_with(
+    backend: &'static Backend,
+    options: &OpenOptions,
+) -> Result<Box<dyn GuestFs>, RegistryError> {
     crate::preflight::check_image(&options.image, options.read_only)?;
     let _span =
         tracing::info_span!("open", backend = backend.name, image = %options.image.path.display())

@@ -59,9 +59,5 @@ pub fn open_image(
     let backend =
         registry::choose(&args.backend, Some(&options.image)).map_err(Failure::request)?;
     let _progress = Progress::start(format!("Opening the image with {}", backend.name));
-    registry::open(
-        &vfs_core::registry::BackendChoice::Named(backend.name.to_owned()),
-        &options,
-    )
-    .map_err(Failure::request)
+    registry::open_with(backend, &options).map_err(Failure::request)
 }
