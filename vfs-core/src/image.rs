@@ -242,7 +242,7 @@ pub struct ImageRequest {
     pub path: PathBuf,
     /// The format, when the caller declares it.
     pub format: Option<DiskFormat>,
-    /// The filesystem to open, when the caller says.
+    /// The filesystem to open, when the caller gives one.
     pub partition: Option<PartitionSelector>,
     /// A metadata sidecar to read instead of `IMAGE.meta.json`.
     pub meta_path: Option<PathBuf>,

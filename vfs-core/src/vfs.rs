@@ -2,7 +2,7 @@
 //!
 //! Injection needs a small set of operations on one guest filesystem tree: create
 //! directories, read, write and append files, change modes and owners, and a few queries.
-//! [`GuestFs`] holds exactly those. Every method is required except [`GuestFs::set_owner`],
+//! [`GuestFs`] contains exactly those. Every method is required except [`GuestFs::set_owner`],
 //! which has a default built on [`GuestFs::read_file`] and [`GuestFs::set_owner_ids`].
 //!
 //! # What every backend guarantees
@@ -34,7 +34,8 @@ use crate::accounts;
 use crate::error::{Result, VfsError};
 use crate::path::GuestPath;
 
-/// The most symlinks followed while resolving one path, as in Linux (`MAXSYMLINKS`).
+/// The maximum number of symlinks followed while resolving one path, as in Linux
+/// (`MAXSYMLINKS`).
 pub const MAX_SYMLINK_FOLLOWS: usize = 40;
 
 /// The largest file that [`GuestFs::read_file`] reads into memory, in bytes.
@@ -92,7 +93,7 @@ pub trait GuestFs: Send {
     /// Returns the filesystems that make up the guest tree, root first.
     fn mounts(&self) -> Vec<MountInfo>;
 
-    /// Returns the type (`ext4`, `xfs`, ...) of the filesystem that holds `path`.
+    /// Returns the type (`ext4`, `xfs`, ...) of the filesystem that contains `path`.
     fn fs_type(&mut self, path: &GuestPath) -> Result<String>;
 
     /// Returns true when `path` exists after following symlinks; a dangling symlink gives
@@ -170,7 +171,7 @@ pub trait GuestFs: Send {
     /// Sets one extended attribute of `path`.
     fn set_xattr(&mut self, path: &GuestPath, name: &str, value: &[u8]) -> Result<()>;
 
-    /// Returns the bytes available for new data on the filesystem that holds `path`.
+    /// Returns the bytes available for new data on the filesystem that contains `path`.
     fn free_space(&mut self, path: &GuestPath) -> Result<u64>;
 
     /// Remounts every mounted filesystem read-write, root first, after an open with
